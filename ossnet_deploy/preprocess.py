@@ -1,0 +1,627 @@
+"""Preprocessing shared by training and the runtime (contracts.md sections 2-4 and 6).
+
+:func:`prepare_volume` is the single entry point: a stored image ``(C, X, Y, Z)`` plus its affine
+becomes the normalised padded grid, the global volume, the padding values and the
+:class:`~ossnet_deploy.geometry.Placement` that maps results back onto the input.
+
+This module holds the configuration (:class:`PreprocessConfig`, presets) and intensities;
+orientation, resampling and placement live in :mod:`ossnet_deploy.geometry`, patches and
+coordinates in :mod:`ossnet_deploy.patches`. Their public names are re-exported here, so
+``from ossnet_deploy.preprocess import extract_patches`` works as docs/design.md describes.
+numpy + nibabel only (never torch).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
+from types import MappingProxyType
+from typing import Any
+
+import numpy as np
+
+from ossnet_deploy.errors import InputError, describe
+from ossnet_deploy.geometry import (
+    Placement,
+    canonical_orientation,
+    canonical_voxel_sizes,
+    centred_offset,
+    foreground_bbox,
+    foreground_mask,
+    from_canonical,
+    labels_to_grid,
+    labels_to_input,
+    resample_linear,
+    resample_nearest,
+    spacing_resampled_shape,
+    to_canonical,
+)
+from ossnet_deploy.patches import extract_patches, normalise_coords
+
+__all__ = [
+    "COORDINATE_CONVENTION",
+    "FIT_MODES",
+    "GEOMETRIES",
+    "INTENSITIES",
+    "PREPROCESS_PRESETS",
+    "IntensityStats",
+    "Placement",
+    "PreparedVolume",
+    "PreprocessConfig",
+    "apply_intensity",
+    "canonical_orientation",
+    "canonical_voxel_sizes",
+    "encoder_input",
+    "extract_patches",
+    "from_canonical",
+    "global_pool",
+    "intensity_stats",
+    "labels_to_grid",
+    "labels_to_input",
+    "normalise",
+    "normalise_coords",
+    "padding_values",
+    "prepare_volume",
+    "preprocess_preset",
+    "resample_linear",
+    "resample_nearest",
+    "to_canonical",
+]
+
+GEOMETRIES = ("fixed_spacing_pad", "fixed_shape_resample")
+INTENSITIES = ("zscore_foreground", "zscore_volume", "ct_window")
+FIT_MODES = ("error", "downsample")
+#: Decoder coordinates ``(2 * idx + 1) / shape - 1`` per axis (see :func:`normalise_coords`).
+COORDINATE_CONVENTION = "voxel_centre_minus1_plus1"
+
+# Elements per slab when accumulating intensity moments: bounds float64 temporaries to ~32 MiB.
+_SLAB_ELEMENTS = 1 << 22
+# Rounds of isotropic shrinking tried by fit="downsample" before giving up (each one shrinks by
+# the remaining overshoot, so one or two suffice; the bound only guards against a loop).
+_MAX_FIT_ROUNDS = 8
+
+
+# --------------------------------------------------------------------------------------------
+# Configuration
+# --------------------------------------------------------------------------------------------
+
+
+def _int_value(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer, float, np.floating)):
+        raise ValueError(f"PreprocessConfig.{name} must be an int, got {value!r}")
+    if float(value) != int(value):
+        raise ValueError(f"PreprocessConfig.{name} must be a whole number, got {value!r}")
+    return int(value)
+
+
+def _float_value(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer, float, np.floating)):
+        raise ValueError(f"PreprocessConfig.{name} must be a number, got {value!r}")
+    out = float(value)
+    if not math.isfinite(out):
+        raise ValueError(f"PreprocessConfig.{name} must be finite, got {value!r}")
+    return out
+
+
+def _sequence(name: str, value: Any, length: int | None) -> tuple[Any, ...]:
+    if isinstance(value, (str, bytes)) or not isinstance(value, (Sequence, np.ndarray)):
+        raise ValueError(f"PreprocessConfig.{name} must be a sequence, got {value!r}")
+    items = tuple(value)
+    if length is not None and len(items) != length:
+        raise ValueError(f"PreprocessConfig.{name} must have {length} values, got {value!r}")
+    return items
+
+
+@dataclass(frozen=True, kw_only=True)
+class PreprocessConfig:
+    """Everything that turns a stored image into model input; travels in checkpoints and ONNX metadata.
+
+    Attributes:
+        geometry: ``"fixed_spacing_pad"`` (resample to ``spacing_mm`` if needed, then centre the
+            foreground in the grid) or ``"fixed_shape_resample"`` (resample the whole canonical
+            volume to ``shape``).
+        shape: the model grid ``(D, H, W)`` in voxels along the canonical axes (i, j, k).
+        channels: channel names in model order (e.g. ``("flair", "t1", "t1ce", "t2")``).
+        intensity: ``"zscore_foreground"``, ``"zscore_volume"`` or ``"ct_window"``.
+        spacing_mm: grid voxel size in mm (``fixed_spacing_pad`` only).
+        spacing_tolerance: relative spacing mismatch tolerated without resampling (0.05 = 5 %).
+        foreground_threshold: foreground = any channel's raw value above this.
+        max_shift: largest training placement shift in voxels per axis (0 = none).
+        ct_window_hu: ``(lower, upper)`` HU window of ``ct_window``.
+        background_raw: raw intensity of the background; its normalised value pads the grid.
+        patch_size: side of the local patches (7).
+        large_patches: add the pooled 14^3 patch (variants B, D).
+        global_downsample: factor of the exact mean pooling that makes the global volume (2).
+        coordinate_convention: must be :data:`COORDINATE_CONVENTION`.
+        flip_axes: canonical axes training may flip for augmentation (brains: ``(0,)``, left-right).
+    """
+
+    geometry: str
+    shape: tuple[int, int, int]
+    channels: tuple[str, ...]
+    intensity: str
+    spacing_mm: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    spacing_tolerance: float = 0.05
+    foreground_threshold: float = 0.0
+    max_shift: int = 0
+    ct_window_hu: tuple[float, float] = (-250.0, 250.0)
+    background_raw: float = 0.0
+    patch_size: int = 7
+    large_patches: bool = False
+    global_downsample: int = 2
+    coordinate_convention: str = COORDINATE_CONVENTION
+    flip_axes: tuple[int, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        # Coerce JSON-ish values (lists, ints for floats) to the declared plain types, then validate.
+        def put(name: str, value: Any) -> None:
+            object.__setattr__(self, name, value)
+
+        if self.geometry not in GEOMETRIES:
+            raise ValueError(f"PreprocessConfig.geometry must be one of {GEOMETRIES}, got {self.geometry!r}")
+        if self.intensity not in INTENSITIES:
+            raise ValueError(f"PreprocessConfig.intensity must be one of {INTENSITIES}, got {self.intensity!r}")
+        if self.coordinate_convention != COORDINATE_CONVENTION:
+            raise ValueError(
+                f"PreprocessConfig.coordinate_convention must be {COORDINATE_CONVENTION!r}, "
+                f"got {self.coordinate_convention!r}"
+            )
+        put("global_downsample", _int_value("global_downsample", self.global_downsample))
+        if self.global_downsample < 1:
+            raise ValueError(f"PreprocessConfig.global_downsample must be >= 1, got {self.global_downsample}")
+        shape = tuple(_int_value("shape", v) for v in _sequence("shape", self.shape, 3))
+        if min(shape) < 1 or any(s % self.global_downsample for s in shape):
+            raise ValueError(
+                f"PreprocessConfig.shape must be three positive ints divisible by global_downsample="
+                f"{self.global_downsample}, got {self.shape!r}"
+            )
+        put("shape", shape)
+        channels = _sequence("channels", self.channels, None)
+        if not channels or not all(isinstance(c, str) and c for c in channels) or len(set(channels)) != len(channels):
+            raise ValueError(f"PreprocessConfig.channels must be unique non-empty names, got {self.channels!r}")
+        put("channels", channels)
+        spacing = tuple(_float_value("spacing_mm", v) for v in _sequence("spacing_mm", self.spacing_mm, 3))
+        if min(spacing) <= 0:
+            raise ValueError(f"PreprocessConfig.spacing_mm must be positive, got {self.spacing_mm!r}")
+        put("spacing_mm", spacing)
+        put("spacing_tolerance", _float_value("spacing_tolerance", self.spacing_tolerance))
+        if not 0.0 <= self.spacing_tolerance < 1.0:
+            raise ValueError(f"PreprocessConfig.spacing_tolerance must be in [0, 1), got {self.spacing_tolerance!r}")
+        put("foreground_threshold", _float_value("foreground_threshold", self.foreground_threshold))
+        put("max_shift", _int_value("max_shift", self.max_shift))
+        if self.max_shift < 0:
+            raise ValueError(f"PreprocessConfig.max_shift must be >= 0, got {self.max_shift!r}")
+        window = tuple(_float_value("ct_window_hu", v) for v in _sequence("ct_window_hu", self.ct_window_hu, 2))
+        if not window[0] < window[1]:
+            raise ValueError(f"PreprocessConfig.ct_window_hu must be (lower, upper) with lower < upper, got {window!r}")
+        put("ct_window_hu", window)
+        put("background_raw", _float_value("background_raw", self.background_raw))
+        put("patch_size", _int_value("patch_size", self.patch_size))
+        if self.patch_size < 1 or self.patch_size % 2 == 0:
+            raise ValueError(f"PreprocessConfig.patch_size must be a positive odd int, got {self.patch_size!r}")
+        if not isinstance(self.large_patches, (bool, np.bool_)):
+            raise ValueError(f"PreprocessConfig.large_patches must be a bool, got {self.large_patches!r}")
+        put("large_patches", bool(self.large_patches))
+        flips = tuple(_int_value("flip_axes", v) for v in _sequence("flip_axes", self.flip_axes, None))
+        if any(a not in (0, 1, 2) for a in flips) or len(set(flips)) != len(flips):
+            raise ValueError(f"PreprocessConfig.flip_axes must be distinct axes among 0, 1, 2, got {self.flip_axes!r}")
+        put("flip_axes", flips)
+
+    @property
+    def global_shape(self) -> tuple[int, int, int]:
+        """Spatial shape of the global volume: ``shape // global_downsample``."""
+        g = self.global_downsample
+        return (self.shape[0] // g, self.shape[1] // g, self.shape[2] // g)
+
+    def patch_channels(self, n_channels: int | None = None) -> int:
+        """Channels ``C_p`` of a patch: ``C`` (small patch only) or ``2C`` (with the large patch).
+
+        ``n_channels`` defaults to ``len(channels)``.
+        """
+        n = len(self.channels) if n_channels is None else int(n_channels)
+        return 2 * n if self.large_patches else n
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe dict (tuples become lists) that :meth:`from_dict` turns back into an equal config."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PreprocessConfig:
+        """Inverse of :meth:`to_dict`. Unknown or missing required keys raise ValueError naming them."""
+        if not isinstance(data, Mapping):
+            raise ValueError(f"PreprocessConfig.from_dict expects a mapping, got {type(data).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"PreprocessConfig: unknown keys {unknown} (known: {sorted(known)})")
+        required = ("geometry", "shape", "channels", "intensity")
+        missing = [k for k in required if k not in data]
+        if missing:
+            raise ValueError(f"PreprocessConfig: missing required keys {missing}")
+        return cls(**dict(data))
+
+
+PREPROCESS_PRESETS: Mapping[str, PreprocessConfig] = MappingProxyType(
+    {
+        "brats": PreprocessConfig(
+            geometry="fixed_spacing_pad",
+            shape=(256, 256, 160),
+            channels=("flair", "t1", "t1ce", "t2"),
+            intensity="zscore_foreground",
+            spacing_mm=(1.0, 1.0, 1.0),
+            max_shift=8,
+            background_raw=0.0,
+            flip_axes=(0,),
+        ),
+        "lits": PreprocessConfig(
+            geometry="fixed_shape_resample",
+            shape=(512, 512, 512),
+            channels=("ct",),
+            intensity="ct_window",
+            ct_window_hu=(-250.0, 250.0),
+            background_raw=-250.0,
+            # Body vs air; only used if the intensity is switched to zscore_foreground.
+            foreground_threshold=-500.0,
+            # The liver is lateralised: a mirrored abdomen never occurs at inference.
+            flip_axes=(),
+        ),
+        "demo": PreprocessConfig(
+            geometry="fixed_spacing_pad",
+            shape=(224, 256, 192),
+            channels=("t1",),
+            intensity="zscore_foreground",
+            spacing_mm=(1.0, 1.0, 1.0),
+            max_shift=8,
+            background_raw=0.0,
+            flip_axes=(0,),
+        ),
+    }
+)
+
+
+def preprocess_preset(preset: str, *, large_patches: bool = False) -> PreprocessConfig:
+    """The named preset (``brats``, ``lits``, ``demo``), with the large patch for variants B/D."""
+    if preset not in PREPROCESS_PRESETS:
+        raise ValueError(f"unknown preprocess preset {preset!r}; known: {sorted(PREPROCESS_PRESETS)}")
+    return replace(PREPROCESS_PRESETS[preset], large_patches=bool(large_patches))
+
+
+# --------------------------------------------------------------------------------------------
+# Intensities
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class IntensityStats:
+    """Per-channel affine intensity map: ``normalised = (clip(raw) - offset) / scale``.
+
+    ``offset``/``scale`` hold one float per channel (zscore: mean/std; ct_window: window centre
+    and half-width); ``clip`` is the ``(lower, upper)`` raw window or None.
+    """
+
+    offset: tuple[float, ...]
+    scale: tuple[float, ...]
+    clip: tuple[float, float] | None = None
+
+
+def _channel_moments(channel: np.ndarray, mask: np.ndarray | None) -> tuple[float, float, int]:
+    """Mean, population std and count of one channel (optionally over ``mask``), float64, slab-wise.
+
+    Two passes (mean, then squared deviations) for accuracy; temporaries stay slab-sized.
+    """
+    per_slice = max(1, channel[0].size) if channel.shape[0] else 1
+    step = max(1, _SLAB_ELEMENTS // per_slice)
+    slabs = [slice(s, s + step) for s in range(0, channel.shape[0], step)]
+
+    def values(sl: slice) -> np.ndarray:
+        part = channel[sl]
+        return part[mask[sl]] if mask is not None else part.reshape(-1)
+
+    total, count = 0.0, 0
+    for sl in slabs:
+        v = values(sl)
+        total += float(np.sum(v, dtype=np.float64))
+        count += v.size
+    if count == 0:
+        return 0.0, 0.0, 0
+    mean = total / count
+    squares = 0.0
+    for sl in slabs:
+        d = values(sl).astype(np.float64) - mean
+        squares += float(np.dot(d, d))
+    return mean, math.sqrt(squares / count), count
+
+
+def intensity_stats(vol: np.ndarray, foreground: np.ndarray | None, config: PreprocessConfig) -> IntensityStats:
+    """Normalisation parameters of ``vol`` ``(C, X, Y, Z)`` (raw intensities, any real dtype).
+
+    ``zscore_foreground``: per channel mean/std over the ``foreground`` ``(X, Y, Z)`` bool voxels
+    (an empty or missing mask falls back to the whole volume); ``zscore_volume``: over every
+    voxel; a std of 0 becomes 1. ``ct_window``: fixed, from ``ct_window_hu``.
+    :func:`prepare_volume` calls this on the resampled canonical volume **before** placement, so
+    cropping by the grid never changes the statistics.
+    """
+    n_channels = vol.shape[0]
+    if config.intensity == "ct_window":
+        lower, upper = config.ct_window_hu
+        centre, half = (lower + upper) / 2.0, (upper - lower) / 2.0
+        return IntensityStats(offset=(centre,) * n_channels, scale=(half,) * n_channels, clip=(lower, upper))
+    mask = None
+    if config.intensity == "zscore_foreground" and foreground is not None:
+        if foreground.shape != vol.shape[1:]:
+            raise ValueError(f"foreground mask shape {foreground.shape} != volume shape {vol.shape[1:]}")
+        mask = foreground if bool(foreground.any()) else None
+    offsets, scales = [], []
+    for c in range(n_channels):
+        mean, std, _ = _channel_moments(vol[c], mask)
+        offsets.append(mean)
+        scales.append(std if std > 0.0 else 1.0)
+    return IntensityStats(offset=tuple(offsets), scale=tuple(scales), clip=None)
+
+
+def _apply_channel(values: np.ndarray, stats: IntensityStats, c: int) -> None:
+    """Normalise one channel's float32 array (or view) in place, in float32 arithmetic."""
+    if stats.clip is not None:
+        np.clip(values, np.float32(stats.clip[0]), np.float32(stats.clip[1]), out=values)
+    np.subtract(values, np.float32(stats.offset[c]), out=values)
+    np.divide(values, np.float32(stats.scale[c]), out=values)
+
+
+def apply_intensity(vol: np.ndarray, stats: IntensityStats) -> None:
+    """Normalise a float32 ``(C, ...)`` array (or view) in place with ``stats``."""
+    if vol.dtype != np.float32:
+        raise ValueError(f"apply_intensity works in place on float32, got {vol.dtype}")
+    if vol.shape[0] != len(stats.offset):
+        raise ValueError(f"{vol.shape[0]} channels but stats for {len(stats.offset)}")
+    for c in range(vol.shape[0]):
+        _apply_channel(vol[c], stats, c)
+
+
+def normalise(vol: np.ndarray, foreground: np.ndarray | None, config: PreprocessConfig) -> np.ndarray:
+    """Normalised float32 copy of ``vol`` ``(C, ...)`` (see :func:`intensity_stats` for the modes).
+
+    ``ct_window`` clips to ``ct_window_hu`` and maps it linearly onto [-1, 1].
+    """
+    stats = intensity_stats(vol, foreground, config)
+    out = np.array(vol, dtype=np.float32, copy=True)
+    apply_intensity(out, stats)
+    return out
+
+
+def padding_values(stats: IntensityStats, config: PreprocessConfig) -> np.ndarray:
+    """``(C,)`` float32: each channel's normalised ``background_raw``, the value outside the input.
+
+    Uses exactly the arithmetic applied to the volume, so raw background voxels inside the input
+    and padding outside it are bit-identical.
+    """
+    values = np.full((len(stats.offset), 1), config.background_raw, dtype=np.float32)
+    apply_intensity(values, stats)
+    return values[:, 0].copy()
+
+
+def global_pool(padded: np.ndarray, factor: int = 2) -> np.ndarray:
+    """Exact ``factor^3`` mean pooling of ``(C, D, H, W)`` -> ``(C, D/f, H/f, W/f)`` float32.
+
+    For ``factor = 2`` this equals ``F.interpolate(x, scale_factor=0.5, mode="trilinear",
+    align_corners=False)``. Sums in float64 slab by slab (temporaries ~32 MiB), then rounds once.
+    """
+    n_channels, d, h, w = padded.shape
+    if d % factor or h % factor or w % factor:
+        raise ValueError(f"grid {padded.shape[1:]} is not divisible by {factor}")
+    f = factor
+    out = np.empty((n_channels, d // f, h // f, w // f), dtype=np.float32)
+    step = max(1, _SLAB_ELEMENTS // max(1, (h // f) * (w // f)))
+    for c in range(n_channels):
+        blocks = padded[c].reshape(d // f, f, h // f, f, w // f, f)
+        for start in range(0, d // f, step):
+            out[c, start : start + step] = blocks[start : start + step].mean(axis=(1, 3, 5), dtype=np.float64)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# prepare_volume
+# --------------------------------------------------------------------------------------------
+
+
+# eq=False: fields are arrays, whose == is elementwise; identity comparison is the honest one.
+@dataclass(frozen=True, eq=False)
+class PreparedVolume:
+    """Model input for one volume.
+
+    Attributes:
+        padded: ``(C, *shape)`` float32, C-contiguous: the normalised volume placed in the grid,
+            every other voxel = the channel's pad value. Axis order (C, i, j, k), RAS+.
+        global_volume: ``(C, *global_shape)`` float32: exact mean pooling of ``padded``.
+        pad_values: ``(C,)`` float32: normalised ``background_raw`` per channel.
+        placement: how the stored input maps onto the grid (see :class:`Placement`).
+        stats: the intensity normalisation that was applied.
+    """
+
+    padded: np.ndarray
+    global_volume: np.ndarray
+    pad_values: np.ndarray
+    placement: Placement
+    stats: IntensityStats
+
+    @property
+    def region(self) -> tuple[slice, slice, slice]:
+        """The input's part of the grid (slices into ``padded``'s spatial axes)."""
+        return self.placement.region
+
+
+def encoder_input(prepared: PreparedVolume) -> np.ndarray:
+    """The encoder's ``volume`` input: ``(1, C, Dg, Hg, Wg)`` float32 (a view of the global volume)."""
+    return prepared.global_volume[None]
+
+
+def _source(source: str | os.PathLike[str] | None) -> str | None:
+    return None if source is None else os.fspath(source)
+
+
+def _check_image(data: np.ndarray, config: PreprocessConfig, source: str | None) -> np.ndarray:
+    vol = np.asarray(data)
+    n_channels = len(config.channels)
+    if vol.ndim != 4 or vol.shape[0] != n_channels or min(vol.shape) < 1:
+        raise InputError(
+            describe(source, "the image has the wrong shape",
+                     expected=f"(C, X, Y, Z) with C = {n_channels} channel(s) {list(config.channels)}",
+                     found=f"shape {vol.shape}",
+                     fix="pass one 3D volume per channel, channels first, in the model's channel order")
+        )
+    if vol.dtype.kind not in "iuf":
+        raise InputError(describe(source, "the image is not real-valued numbers", expected="integer or float voxels",
+                                  found=f"dtype {vol.dtype}", fix="convert the image to float32"))
+    if vol.dtype.kind == "f":
+        for c in range(n_channels):
+            bad = int(vol[c].size - np.count_nonzero(np.isfinite(vol[c])))
+            if bad:
+                raise InputError(
+                    describe(source, f"channel {config.channels[c]!r} has non-finite voxels",
+                             expected="finite values", found=f"{bad} NaN/inf voxels",
+                             fix="repair or re-export the image (NaN/inf usually come from a failed conversion)")
+                )
+    return vol
+
+
+def _check_shift(shift: Sequence[int], config: PreprocessConfig) -> tuple[int, int, int]:
+    values = tuple(int(s) for s in shift)
+    if len(values) != 3 or any(abs(s) > config.max_shift for s in values):
+        raise ValueError(f"shift must be 3 ints with |shift| <= max_shift={config.max_shift}, got {tuple(shift)}")
+    return (values[0], values[1], values[2])
+
+
+def _place_fixed_spacing(
+    canon: np.ndarray,
+    spacing: tuple[float, float, float],
+    config: PreprocessConfig,
+    fit: str,
+    source: str | None,
+) -> tuple[np.ndarray, np.ndarray, tuple[int, int, int], tuple[tuple[int, ...], tuple[int, ...]] | None]:
+    """Resample to the grid spacing (if needed) and find the foreground box, shrinking if asked.
+
+    Returns (resampled volume (C, *rs) (a view of ``canon`` when not resampled), foreground mask,
+    resampled shape, foreground box or None).
+    """
+    grid = np.asarray(config.shape)
+    rs = spacing_resampled_shape(canon.shape[1:], spacing, config.spacing_mm, config.spacing_tolerance)
+    vol = canon if rs == canon.shape[1:] else resample_linear(canon, rs)
+    mask = foreground_mask(vol, config.foreground_threshold)
+    box = foreground_bbox(mask)
+    if box is None:
+        return vol, mask, rs, None
+    extent = np.subtract(box[1], box[0])
+    if np.all(extent <= grid):
+        return vol, mask, rs, box
+    if fit == "error":
+        mm = [f"{e * s:.0f}" for e, s in zip(extent, np.multiply(spacing, np.divide(canon.shape[1:], rs)), strict=True)]
+        raise InputError(
+            describe(source, "the foreground does not fit in the model grid",
+                     expected=f"a foreground bounding box of at most {tuple(config.shape)} voxels "
+                              f"at {config.spacing_mm} mm (axes i, j, k of RAS+)",
+                     found=f"{tuple(int(e) for e in extent)} voxels ({' x '.join(mm)} mm) above intensity "
+                           f"{config.foreground_threshold:g}",
+                     fix="crop the image to the anatomy, or pass fit='downsample' (CLI: --fit downsample) "
+                         "to shrink it isotropically until it fits")
+        )
+    for _ in range(_MAX_FIT_ROUNDS):
+        factor = float(np.min(grid / extent))
+        rs = tuple(max(1, math.floor(r * factor)) for r in rs)
+        rs = (rs[0], rs[1], rs[2])
+        vol = resample_linear(canon, rs)
+        mask = foreground_mask(vol, config.foreground_threshold)
+        box = foreground_bbox(mask)
+        if box is None:
+            return vol, mask, rs, None
+        extent = np.subtract(box[1], box[0])
+        if np.all(extent <= grid):
+            return vol, mask, rs, box
+    raise InputError(describe(source, "fit='downsample' could not shrink the foreground into the grid",
+                              expected=f"at most {tuple(config.shape)} voxels", found=f"{tuple(extent)} voxels",
+                              fix="crop the image to the anatomy"))
+
+
+def prepare_volume(
+    data: np.ndarray,
+    affine: np.ndarray,
+    config: PreprocessConfig,
+    *,
+    shift: Sequence[int] = (0, 0, 0),
+    fit: str = "error",
+    source: str | os.PathLike[str] | None = None,
+) -> PreparedVolume:
+    """Turn a stored image into model input (the one entry point of training and the runtime).
+
+    Args:
+        data: ``(C, X, Y, Z)`` raw intensities as stored (channel order = ``config.channels``),
+            any real dtype (float32 avoids a conversion); never modified.
+        affine: ``(4, 4)`` voxel-to-world matrix of the stored array (mm).
+        config: the preprocessing configuration.
+        shift: training placement shift in voxels (i, j, k), ``|shift| <= config.max_shift``;
+            clipped so the foreground box stays inside the grid. ``fixed_spacing_pad`` only.
+        fit: ``"error"`` (a foreground box larger than the grid raises :class:`InputError`) or
+            ``"downsample"`` (shrink isotropically, trilinear, until it fits).
+        source: file name used in error messages.
+
+    Steps: reorient to RAS+ (a view); ``fixed_spacing_pad``: resample to ``spacing_mm`` when any
+    axis is off by more than ``spacing_tolerance``, centre the foreground box (raw value >
+    ``foreground_threshold`` in any channel) in the grid; ``fixed_shape_resample``: resample to
+    ``shape``. Intensity statistics come from the resampled canonical volume before placement.
+    Voxels of the grid outside the input hold the pad values.
+
+    Memory (beyond the caller's ``data``): the padded grid, a bool foreground mask, and for
+    ``fixed_spacing_pad`` with resampling one resampled float32 copy; ``fixed_shape_resample``
+    resamples straight into the padded grid (plus two single-channel intermediates). The global
+    volume adds ``1/8`` of the grid.
+    """
+    src = _source(source)
+    if fit not in FIT_MODES:
+        raise ValueError(f"fit must be one of {FIT_MODES}, got {fit!r}")
+    vol = _check_image(data, config, src)
+    shift3 = _check_shift(shift, config)
+    ornt = canonical_orientation(affine, source=src)
+    canon = to_canonical(vol, ornt)
+    spacing = canonical_voxel_sizes(affine, ornt)
+    n_channels = vol.shape[0]
+    stored_shape = (vol.shape[1], vol.shape[2], vol.shape[3])
+    canonical_shape = (canon.shape[1], canon.shape[2], canon.shape[3])
+    ornt_rows = tuple((int(a), int(f)) for a, f in ornt)
+    ornt_tuple = (ornt_rows[0], ornt_rows[1], ornt_rows[2])
+    use_mask = config.intensity == "zscore_foreground"
+
+    if config.geometry == "fixed_shape_resample":
+        padded = resample_linear(canon, config.shape)
+        mask = foreground_mask(padded, config.foreground_threshold) if use_mask else None
+        stats = intensity_stats(padded, mask, config)
+        del mask
+        apply_intensity(padded, stats)
+        pads = padding_values(stats, config)
+        placement = Placement(
+            stored_shape=stored_shape, ornt=ornt_tuple, canonical_shape=canonical_shape,
+            canonical_spacing_mm=spacing, resampled_shape=config.shape, offset=(0, 0, 0),
+            shift=(0, 0, 0), grid_shape=config.shape,
+        )
+    else:
+        resampled, mask, rs, box = _place_fixed_spacing(canon, spacing, config, fit, src)
+        lo, hi = box if box is not None else ((0, 0, 0), rs)
+        offset, applied = centred_offset(lo, hi, config.shape, shift3)
+        placement = Placement(
+            stored_shape=stored_shape, ornt=ornt_tuple, canonical_shape=canonical_shape,
+            canonical_spacing_mm=spacing, resampled_shape=rs, offset=offset, shift=applied,
+            grid_shape=config.shape,
+        )
+        stats = intensity_stats(resampled, mask if use_mask else None, config)
+        del mask
+        pads = padding_values(stats, config)
+        padded = np.empty((n_channels, *config.shape), dtype=np.float32)
+        region, src_region = placement.region, placement.source_region
+        for c in range(n_channels):
+            padded[c].fill(pads[c])
+            target = padded[c][region]
+            target[...] = resampled[c][src_region]
+            _apply_channel(target, stats, c)
+        del resampled
+
+    global_volume = global_pool(padded, config.global_downsample)
+    return PreparedVolume(padded=padded, global_volume=global_volume, pad_values=pads, placement=placement, stats=stats)
