@@ -1,0 +1,260 @@
+"""Training: loss values, batches, the memory plan, exact resume, and a tiny task learnt end to end.
+
+The tiny task: 1-channel 32^3 volumes holding one bright ellipsoid whose centre and radii vary
+per volume, plus noise. Coordinates alone cannot solve it; a tiny OSS-Net C must reach a
+whole-volume Dice >= 0.9 on volumes it never saw.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from ossnet_deploy.errors import InputError, OutputExistsError
+from ossnet_deploy.preprocess import global_pool
+from ossnet_train.augment import AugmentConfig
+from ossnet_train.batches import CaseCache, SampleConfig, TrainingSamples, case_for_sample
+from ossnet_train.datasets import make_dataset
+from ossnet_train.losses import coarse_target, occupancy_loss
+from ossnet_train.registry import build_model
+from ossnet_train.train import TrainConfig, _model_config, _preprocess_config, _sample_config, fit, plan_batch
+
+GRID = 32
+TINY_MODEL = (("global_shape", (16, 16, 16)), ("encoder_channels", (1, 8, 16)), ("decoder_width", 32))
+TINY_PREPROCESS = (("shape", (GRID, GRID, GRID)), ("max_shift", 0), ("intensity", "zscore_volume"),
+                   ("foreground_threshold", -1000.0))
+
+
+def write_ellipsoids(root: Path, seeds: range, *, noise: float = 0.25) -> None:
+    """Generic-layout dataset of 32^3 volumes, each a bright ellipsoid of random centre and radii."""
+    grid = np.indices((GRID, GRID, GRID), dtype=np.float32)
+    for seed in seeds:
+        rng = np.random.default_rng(seed)
+        centre = rng.uniform(11, 21, size=3)
+        radii = rng.uniform(4, 9, size=3)
+        inside = sum(((grid[a] - centre[a]) / radii[a]) ** 2 for a in range(3)) <= 1.0
+        image = inside.astype(np.float32) + rng.normal(0, noise, size=inside.shape).astype(np.float32)
+        affine = np.diag([1.0, 1.0, 1.0, 1.0])
+        (root / "imagesTr").mkdir(parents=True, exist_ok=True)
+        (root / "labelsTr").mkdir(parents=True, exist_ok=True)
+        nib.save(nib.Nifti1Image(image, affine), root / "imagesTr" / f"ell_{seed:03d}_0000.nii.gz")
+        nib.save(nib.Nifti1Image(inside.astype(np.uint8), affine), root / "labelsTr" / f"ell_{seed:03d}.nii.gz")
+
+
+def tiny_config(data: Path, out: Path, **overrides: object) -> TrainConfig:
+    values: dict[str, object] = {
+        "data_kind": "generic", "data": str(data), "out": str(out), "variant": "c", "preset": "demo",
+        "model_overrides": TINY_MODEL, "preprocess_overrides": TINY_PREPROCESS, "steps": 4, "points": 256,
+        "batch": 2, "device": "cpu", "threads": 1, "progress": False, "checkpoint_every": 100,
+    }
+    values.update(overrides)
+    return TrainConfig(**values)  # type: ignore[arg-type]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> object:
+    """One torch thread: on a shared 2-core machine two threads wait on each other."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# ------------------------------------------------------------------------------------ losses
+
+
+def test_occupancy_loss_matches_hand_computed_values() -> None:
+    logits = torch.tensor([[0.0], [math.log(3.0)]])
+    targets = torch.tensor([1.0, 0.0])
+    # -log sigmoid(0) = log 2; -log(1 - sigmoid(log 3)) = -log(1/4) = log 4
+    parts = occupancy_loss(logits, targets)
+    assert parts.points == pytest.approx(1.5 * math.log(2.0), rel=1e-6)
+    assert parts.coarse is None
+    coarse_logits = torch.zeros(1, 1, 2, 1, 1)
+    coarse_targets = torch.tensor([1.0, 0.0]).view(1, 1, 2, 1, 1)
+    parts = occupancy_loss(logits, targets, coarse_logits, coarse_targets)
+    assert parts.coarse == pytest.approx(math.log(2.0), rel=1e-6)
+    assert float(parts.total) == pytest.approx(1.5 * math.log(2.0) + 0.1 * math.log(2.0), rel=1e-6)
+
+
+def test_coarse_target_is_a_block_max() -> None:
+    label = torch.zeros(1, 4, 2, 2, dtype=torch.uint8)
+    label[0, 1, 1, 0] = 1  # one foreground voxel in the first block along axis 0
+    target = coarse_target(label, (2, 1, 1))
+    assert target.shape == (1, 1, 2, 1, 1)
+    assert target.flatten().tolist() == [1.0, 0.0]
+    assert coarse_target(torch.zeros(1, 4, 2, 2), (2, 1, 1)).sum() == 0
+
+
+def test_loss_refuses_mismatched_counts() -> None:
+    with pytest.raises(ValueError, match="point logits for"):
+        occupancy_loss(torch.zeros(3, 1), torch.zeros(2))
+
+
+# ------------------------------------------------------------------------------------ batches
+
+
+def test_samples_are_deterministic_and_consistent(tmp_path: Path) -> None:
+    write_ellipsoids(tmp_path / "data", range(3))
+    config = tiny_config(tmp_path / "data", tmp_path / "run")
+    preprocess = _preprocess_config(config)
+    dataset = make_dataset("generic", tmp_path / "data")
+    cache = CaseCache(dataset, preprocess, band=True)
+    sample_cfg = SampleConfig(points=500, sampling="border", coarse_shape=(4, 4, 4))
+    samples = TrainingSamples(cache, sample_cfg, seed=5, length=10)
+    a, b = samples[3], samples[3]
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key])
+    assert a["volume"].shape == (1, 16, 16, 16)
+    assert a["coords"].shape == (500, 3) and a["coords"].dtype == np.float32
+    assert a["patches"].shape == (500, 1, 7, 7, 7)
+    assert a["coarse"].shape == (1, 4, 4, 4)
+    assert not np.array_equal(samples[4]["coords"], a["coords"])
+    # The patch centre is the voxel the target belongs to: bright centres are mostly foreground.
+    centre = a["patches"][:, 0, 3, 3, 3]
+    assert centre[a["targets"] == 1].mean() > centre[a["targets"] == 0].mean() + 1.0
+    # Border sampling puts half of the points within 6 voxels of the surface, so a small object
+    # gets clearly more positives than under uniform sampling of the same volumes.
+    uniform = TrainingSamples(cache, SampleConfig(points=500, coarse_shape=(4, 4, 4)), seed=5, length=10)
+    border_rate = np.mean([samples[i]["targets"].mean() for i in range(6)])
+    uniform_rate = np.mean([uniform[i]["targets"].mean() for i in range(6)])
+    assert border_rate > 1.5 * uniform_rate
+    # Every case is used once per epoch.
+    assert sorted(case_for_sample(5, i, 3) for i in range(3)) == [0, 1, 2]
+
+
+def test_global_volume_is_recomputed_from_the_augmented_grid(tmp_path: Path) -> None:
+    write_ellipsoids(tmp_path / "data", range(1))
+    preprocess = _preprocess_config(tiny_config(tmp_path / "data", tmp_path / "run"))
+    cache = CaseCache(make_dataset("generic", tmp_path / "data"), preprocess, band=False)
+    static = cache.get(0).static
+    assert static is not None
+
+    def volume(augment: AugmentConfig | None) -> np.ndarray:
+        return TrainingSamples(cache, SampleConfig(points=8, augment=augment), seed=1, length=1)[0]["volume"]
+
+    np.testing.assert_array_equal(volume(None), global_pool(static.padded))
+    flip_only = AugmentConfig(flip_axes=(0,), flip_p=1.0, brightness_p=0.0, noise_p=0.0)
+    flipped = global_pool(np.ascontiguousarray(np.flip(static.padded, axis=1)))
+    np.testing.assert_array_equal(volume(flip_only), flipped)
+    noisy = volume(AugmentConfig(flip_axes=(0,), flip_p=1.0, brightness_p=0.0, noise_p=1.0))
+    # Mean pooling of 8 noise voxels of sigma 0.15 leaves sigma 0.053 on the global volume.
+    assert float(np.std(noisy - flipped)) == pytest.approx(0.15 / math.sqrt(8), rel=0.1)
+
+
+# ------------------------------------------------------------------------------------ runs
+
+
+def test_resume_reproduces_an_uninterrupted_run(tmp_path: Path) -> None:
+    write_ellipsoids(tmp_path / "data", range(4))
+    common = {"val_split": "1", "steps": 4, "sampling": "border"}
+    fit(tiny_config(tmp_path / "data", tmp_path / "straight", **common))
+    fit(tiny_config(tmp_path / "data", tmp_path / "split", stop_after=2, **common))
+    first = [json.loads(line) for line in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in first if r["kind"] == "train"] == [1, 2]
+    fit(tiny_config(tmp_path / "data", tmp_path / "split", resume=True, **common))
+    # The optimiser state of the earlier last.pt is gone once the new one names its own.
+    assert [p.name for p in (tmp_path / "split").glob("state-*.pt")] == ["state-00000004.pt"]
+
+    straight = torch.load(tmp_path / "straight" / "last.pt", weights_only=False)
+    resumed = torch.load(tmp_path / "split" / "last.pt", weights_only=False)
+    a, b = _state(straight), _state(resumed)
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=key)
+    losses = [[r["loss"] for r in map(json.loads, (tmp_path / run / "metrics.jsonl").read_text().splitlines())
+               if r["kind"] == "train"] for run in ("straight", "split")]
+    assert len(losses[0]) == 4
+    np.testing.assert_allclose(losses[0], losses[1], rtol=0, atol=1e-6)
+
+
+def _state(ckpt: object) -> dict[str, torch.Tensor]:
+    state = ckpt["state_dict"] if isinstance(ckpt, dict) else ckpt.state_dict  # type: ignore[index,attr-defined]
+    return {k: v.float() for k, v in state.items()}
+
+
+def test_run_folder_is_not_overwritten_by_accident(tmp_path: Path) -> None:
+    write_ellipsoids(tmp_path / "data", range(2))
+    fit(tiny_config(tmp_path / "data", tmp_path / "run", steps=1))
+    with pytest.raises(OutputExistsError, match="--resume"):
+        fit(tiny_config(tmp_path / "data", tmp_path / "run", steps=1))
+    with pytest.raises(InputError, match="settings differ"):
+        fit(tiny_config(tmp_path / "data", tmp_path / "run", steps=1, lr=1e-3, resume=True))
+
+
+def test_bad_settings_are_refused_before_reading_data(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="--sampling"):
+        fit(tiny_config(tmp_path / "missing", tmp_path / "run", sampling="random"))
+    with pytest.raises(InputError, match="--val-split"):
+        fit(tiny_config(tmp_path / "missing", tmp_path / "run", val_split="reference"))
+
+
+def test_memory_plan_picks_the_batch_from_the_budget(tmp_path: Path) -> None:
+    config = tiny_config(tmp_path / "data", tmp_path / "run", batch=0, points=4096, max_batch=64)
+    preprocess = _preprocess_config(config)
+    model = build_model(_model_config(config, preprocess))
+    sample = _sample_config(config, model.config, preprocess, config.points)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    roomy = plan_batch(dataclasses.replace(config, memory_budget_gb=64.0), model, sample, preprocess,
+                       torch.device("cpu"), None, n_cases=2)
+    assert roomy.batch == 64 and roomy.points == 4096 and roomy.source == "probe"
+    assert roomy.per_unit_bytes > 4 * 343, "a query holds at least its float32 patch"
+    for key, value in model.state_dict().items():  # the probe ran on a copy
+        torch.testing.assert_close(value, before[key], rtol=0, atol=0)
+
+    per_sample = roomy.per_volume_bytes + 4096 * roomy.per_unit_bytes
+    budget = roomy.fixed_bytes + 3.5 * per_sample
+    three = plan_batch(dataclasses.replace(config, memory_budget_gb=budget / 2**30), model, sample, preprocess,
+                       torch.device("cpu"), None, n_cases=2)
+    # The fixed part includes the process's resident set, which may move a little between calls.
+    assert three.batch == int((three.budget_bytes - three.fixed_bytes) // per_sample)
+    assert three.batch in (2, 3, 4)
+    assert three.estimated_peak_bytes <= three.budget_bytes
+
+    tight = roomy.fixed_bytes + roomy.per_volume_bytes + 2500 * roomy.per_unit_bytes
+    fewer = plan_batch(dataclasses.replace(config, memory_budget_gb=tight / 2**30), model, sample, preprocess,
+                       torch.device("cpu"), None, n_cases=2)
+    assert fewer.batch == 1 and fewer.points in (1024, 2048)
+    with pytest.raises(InputError, match="cannot hold one training volume"):
+        plan_batch(dataclasses.replace(config, memory_budget_gb=0.01), model, sample, preprocess,
+                   torch.device("cpu"), None, n_cases=2)
+
+
+@pytest.mark.slow
+def test_tiny_task_reaches_dice_090_on_unseen_volumes(tmp_path: Path) -> None:
+    write_ellipsoids(tmp_path / "train", range(0, 12))
+    write_ellipsoids(tmp_path / "val", range(100, 103))
+    # The LR drops late (80 %, 90 %) instead of at 40 %/60 %: with 130 steps the paper's
+    # milestones would leave only 52 steps at full rate.
+    result = fit(tiny_config(tmp_path / "train", tmp_path / "run", val_data=str(tmp_path / "val"), steps=130,
+                             points=256, batch=2, lr=3e-3, lr_milestones=(0.8, 0.9), sampling="border",
+                             val_mode="reference", checkpoint_every=1000))
+    assert result.last_validation is not None
+    scores = [s.dice for s in result.last_validation.subjects]
+    assert len(scores) == 3
+    assert min(scores) >= 0.9, scores
+
+
+@pytest.mark.parametrize("arch", ["unet3d", "unet2d"])
+def test_unet_baselines_train_and_validate_through_the_same_loop(tmp_path: Path, arch: str) -> None:
+    write_ellipsoids(tmp_path / "data", range(3))
+    result = fit(tiny_config(tmp_path / "data", tmp_path / "run", arch=arch, model_overrides=(),
+                             unet_channels=(4, 8, 16), crop=(16, 16, 16), slices=4, steps=2, val_split="1",
+                             val_every=1))
+    assert result.steps == 2
+    assert result.last_validation is not None and len(result.last_validation.subjects) == 1
+    subject = result.last_validation.subjects[0]
+    assert 0.0 <= subject.dice <= 1.0 and subject.queries == GRID**3
+    saved = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert saved["model_config"]["architecture"] == arch
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["kind"] for r in records] == ["train", "val", "train", "val"]
+    expected_units = 16**3 if arch == "unet3d" else 4 * GRID * GRID
+    assert records[0]["units"] == expected_units
