@@ -31,7 +31,7 @@ from torch import nn
 from ossnet_train.config import PATCH_SIZE
 from ossnet_train.pau import PAU
 
-__all__ = ["EncoderOutput", "PatchEncoder", "PlainEncoder", "ResidualBlock3d", "SkipEncoder"]
+__all__ = ["EncoderOutput", "PatchEncoder", "PlainEncoder", "ResidualBlock3d", "SkipEncoder", "conv_matrix"]
 
 
 class EncoderOutput(NamedTuple):
@@ -127,7 +127,19 @@ class SkipEncoder(nn.Module):
 
 
 class PatchEncoder(nn.Module):
-    """Local patches ``(M, C_p, 7, 7, 7)`` -> features ``(M, 343)`` (float32, C order of the 7^3 grid)."""
+    """Local patches ``(M, C_p, 7, 7, 7)`` -> features ``(M, 343)`` (float32, C order of the 7^3 grid).
+
+    The two "same"-padded 7^3 convolutions over a 7^3 patch are fixed linear maps of the
+    flattened patch, so they run as matrix products: ``conv(x).flatten(1) == x.flatten(1) @ A
+    + b`` with ``A = conv(identity basis)`` built from the convolution's own weights on every
+    call (:func:`conv_matrix`). The parameters, their names and the maths are those of the two
+    ``Conv3d`` layers (checkpoints and parameter counts are unchanged); only the evaluation order
+    differs, so results agree with ``Conv3d`` to float32 rounding. Why: a ``Conv3d`` over
+    thousands of tiny 7^3 volumes with one or two channels is a poor fit for CPU kernels (it was
+    about 96 % of a demo training step); one GEMM per layer is what BLAS is best at, and the
+    exported ONNX graph runs the same GEMMs (ONNX Runtime folds the matrix construction into a
+    constant at session start, since it depends only on weights).
+    """
 
     def __init__(self, patch_channels: int) -> None:
         super().__init__()
@@ -138,4 +150,34 @@ class PatchEncoder(nn.Module):
         self.act2 = PAU()
 
     def forward(self, patches: torch.Tensor) -> torch.Tensor:
+        x = patches.flatten(1)
+        x = self.act1(_conv_as_linear(x, self.conv1))
+        return self.act2(_conv_as_linear(x, self.conv2))
+
+    def forward_conv(self, patches: torch.Tensor) -> torch.Tensor:
+        """The same features through ``Conv3d`` (the reference formulation; for tests and benchmarks)."""
         return self.act2(self.conv2(self.act1(self.conv1(patches)))).flatten(1)
+
+
+def conv_matrix(conv: nn.Conv3d) -> torch.Tensor:
+    """The matrix of a "same"-padded 3D convolution over a ``P^3`` patch (``P`` = kernel size).
+
+    Returns:
+        ``(C_in * P^3, C_out * P^3)`` float tensor ``A`` (differentiable in ``conv.weight``) such
+        that ``conv(x).flatten(1) == x.flatten(1) @ A + bias.repeat_interleave(P^3)`` for
+        ``x`` of shape ``(M, C_in, P, P, P)`` (C order, channels first).
+    """
+    size = conv.kernel_size[0]
+    n = conv.in_channels * size**3
+    basis = torch.eye(n, dtype=conv.weight.dtype, device=conv.weight.device)
+    columns = F.conv3d(basis.reshape(n, conv.in_channels, size, size, size), conv.weight, None,
+                       padding=conv.padding)
+    return columns.reshape(n, -1)
+
+
+def _conv_as_linear(x: torch.Tensor, conv: nn.Conv3d) -> torch.Tensor:
+    """``conv`` applied to flattened patches ``x`` ``(M, C_in * P^3)`` -> ``(M, C_out * P^3)``."""
+    out = x @ conv_matrix(conv)
+    if conv.bias is not None:
+        out = out + conv.bias.repeat_interleave(conv.kernel_size[0] ** 3)
+    return out

@@ -433,3 +433,24 @@ def test_decoder_exports_with_a_dynamic_number_of_queries() -> None:
         coords, patches = torch.rand(queries, 3, generator=gen), torch.randn(queries, 2, 7, 7, 7, generator=gen)
         with torch.no_grad():
             torch.testing.assert_close(exported.module()(coords, patches, latent), model.decode(coords, patches, latent))
+
+
+@pytest.mark.parametrize("patch_channels", [1, 4, 8])
+def test_patch_encoder_matrix_form_equals_conv3d(patch_channels: int) -> None:
+    """The GEMM form of the two 7^3 convolutions is the same linear map as Conv3d."""
+    from ossnet_train.encoder import PatchEncoder
+
+    torch.manual_seed(patch_channels)
+    encoder = PatchEncoder(patch_channels)
+    with torch.no_grad():
+        for p in encoder.parameters():
+            p.normal_(0.0, 0.1)
+    patches = torch.randn(300, patch_channels, 7, 7, 7)
+    matrix_form = encoder(patches)
+    conv_form = encoder.forward_conv(patches)
+    scale = conv_form.abs().max().item()
+    assert scale > 0.1  # the map is not trivially zero
+    torch.testing.assert_close(matrix_form, conv_form, rtol=1e-5, atol=1e-5 * scale)
+    # Gradients reach the convolution weights through the matrix construction.
+    matrix_form.square().sum().backward()
+    assert encoder.conv1.weight.grad is not None and encoder.conv1.weight.grad.abs().sum() > 0
