@@ -1,0 +1,403 @@
+"""``ossnet-segment``: segment NIfTI volumes, one file, one case or a cohort folder.
+
+Examples::
+
+    ossnet-segment -i t1.nii.gz -o t1_seg.nii.gz
+    ossnet-segment -i BraTS20_001/ -o out/ -m model/            # a BraTS case folder
+    ossnet-segment -i case_0000.nii.gz,case_0001.nii.gz -o out/  # per-channel files
+    ossnet-segment -i cohort/ -o out/ --num-parts 4 --part-id 0 # a quarter of a cohort
+
+Exit codes: 0 all done (finished outputs skipped count as done); 1 some inputs failed (the
+rest were processed); 2 usage error (bad option, unusable model folder); 3 missing dependency
+or hardware. Errors are one line each; ``-v`` adds the traceback.
+
+Outputs are written atomically and never replace an existing file without ``--overwrite``,
+so a rerun of an interrupted cohort skips what is finished. Inputs are only read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+import traceback
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from ossnet_deploy.errors import (
+    EXIT_DEPENDENCY,
+    EXIT_OK,
+    EXIT_SOME_FAILED,
+    EXIT_USAGE,
+    DependencyError,
+    InputError,
+    ModelFormatError,
+    OssnetError,
+    describe,
+)
+
+if TYPE_CHECKING:
+    from ossnet_deploy.inputs import Case
+    from ossnet_deploy.segmenter import SegmentationStats, Segmenter
+
+__all__ = ["main"]
+
+_MODES = ("adaptive", "reference", "dense")
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One case and where its outputs go."""
+
+    case: Case
+    output: Path
+
+    @property
+    def preview(self) -> Path:
+        """``<name>.png`` beside the output (``out/case.nii.gz`` -> ``out/case.png``)."""
+        name = self.output.name
+        for suffix in (".nii.gz", ".nii"):
+            if name.lower().endswith(suffix):
+                name = name[: -len(suffix)]
+                break
+        return self.output.with_name(name + ".png")
+
+
+@dataclass(frozen=True)
+class _Row:
+    """One line of the final table."""
+
+    name: str
+    status: str
+    stats: SegmentationStats | None = None
+
+
+class _Console:
+    """One-line messages to stdout/stderr that do not break tqdm bars."""
+
+    def __init__(self, quiet: bool, verbose: bool) -> None:
+        self.quiet = quiet
+        self.verbose = verbose
+
+    def info(self, message: str) -> None:
+        if not self.quiet:
+            self._write(message, err=False)
+
+    def error(self, message: str, exc: BaseException | None = None) -> None:
+        self._write(f"error: {message}", err=True)
+        if self.verbose and exc is not None:
+            self._write("".join(traceback.format_exception(exc)).rstrip(), err=True)
+
+    def warning(self, message: str) -> None:
+        if not self.quiet:
+            self._write(f"warning: {message}", err=True)
+
+    @staticmethod
+    def _write(message: str, *, err: bool) -> None:
+        from tqdm import tqdm
+
+        tqdm.write(message, file=sys.stderr if err else sys.stdout)
+
+
+@contextlib.contextmanager
+def _warnings_as_lines(console: _Console) -> Iterator[None]:
+    """Show Python warnings (e.g. a GPU that did not load) as one ``warning:`` line each."""
+
+    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+             file: Any = None, line: str | None = None) -> None:
+        console.warning(str(message))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        warnings.showwarning = show
+        yield
+
+
+def _split_inputs(values: Sequence[str]) -> list[Path]:
+    """``-i a -i b,c`` -> ``[a, b, c]`` (repeatable and comma-separated)."""
+    return [Path(part.strip()) for value in values for part in value.split(",") if part.strip()]
+
+
+def _is_nifti_name(path: Path) -> bool:
+    return path.name.lower().endswith((".nii.gz", ".nii"))
+
+
+def _plan_jobs(inputs: list[Path], output: Path, channels: tuple[str, ...]) -> list[_Job]:
+    """Turn the ``-i`` values into cases and output paths.
+
+    Raises:
+        click.UsageError: the inputs and ``-o`` do not fit together.
+        InputError: a folder input that does not exist.
+    """
+    from ossnet_deploy.inputs import Case, case_folder_files, case_name, discover_cases
+
+    output_is_file = _is_nifti_name(output)
+    if len(inputs) == 1 and inputs[0].is_dir():
+        folder = inputs[0]
+        # Only a BraTS-style folder is one case; nnU-Net <case>_XXXX files form a folder of cases.
+        files = case_folder_files(folder, channels, nnunet=False) if len(channels) > 1 else None
+        if files is not None:
+            cases = [Case(folder.name, files)]
+        else:
+            cases = discover_cases(folder, channels)
+            if output_is_file:
+                raise click.UsageError(f"-i {folder} is a folder of cases, so -o must be a folder, not {output}")
+    else:
+        if any(p.is_dir() for p in inputs):
+            raise click.UsageError("a folder input (-i FOLDER) must be the only input")
+        cases = [Case(case_name(inputs[0], channels), tuple(inputs))]
+    if output_is_file:
+        return [_Job(case, output) for case in cases]
+    return [_Job(case, output / f"{case.name}.nii.gz") for case in cases]
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve() or (a.exists() and b.exists() and a.samefile(b))
+    except OSError:
+        return False
+
+
+def _grey_channel(case: Case) -> tuple[Any, Any]:
+    """First channel of the input (grey values for the preview) and its affine."""
+    import numpy as np
+
+    from ossnet_deploy.nifti_io import load_nifti, read_array
+
+    img = load_nifti(case.files[0])
+    data = read_array(img, case.files[0])
+    if data.ndim == 4:
+        data = data[..., 0]
+    return np.asarray(data), np.asarray(img.affine)
+
+
+def _run_job(job: _Job, segmenter: Segmenter, *, fit: str, overwrite: bool, preview: bool,
+             progress: Any, console: _Console) -> SegmentationStats:
+    """Segment one case and write its outputs; returns its statistics."""
+    import nibabel as nib
+    import numpy as np
+
+    from ossnet_deploy.atomic import atomic_write
+
+    case = job.case
+    if case.problem is not None:
+        raise InputError(case.problem)
+    for source in case.files:
+        if _same_file(source, job.output) or (preview and _same_file(source, job.preview)):
+            raise InputError(describe(job.output, "output would replace an input file", found=str(source),
+                                      fix="choose another output path (-o)"))
+    image = list(case.files) if len(case.files) > 1 else case.files[0]
+    labels_img, stats = segmenter.segment_with_stats(image, fit=fit, progress=progress)
+    started = time.perf_counter()
+    with atomic_write(job.output, overwrite=overwrite) as tmp:
+        nib.save(labels_img, tmp)
+    if preview:
+        from ossnet_deploy.errors import OutputExistsError
+        from ossnet_deploy.preview import write_preview
+
+        grey, affine = _grey_channel(case)
+        try:
+            write_preview(job.preview, grey, np.asarray(labels_img.dataobj), affine, overwrite=overwrite)
+        except OutputExistsError:
+            console.warning(f"{job.preview}: preview exists and was kept (--overwrite replaces it)")
+    return stats.with_stage("write", time.perf_counter() - started)
+
+
+def _table(rows: list[_Row]) -> str:
+    """The end-of-run table: case, status, seconds, queries, % of dense, peak memory."""
+    header = ("case", "status", "seconds", "queries", "of dense", "peak MiB")
+    lines = [header]
+    for row in rows:
+        s = row.stats
+        if s is None:
+            lines.append((row.name, row.status, "", "", "", ""))
+        else:
+            peak = "" if s.peak_rss_bytes is None else f"{s.peak_rss_bytes / 2**20:.0f}"
+            lines.append((row.name, row.status, f"{s.total_seconds:.2f}", f"{s.total_queries:,}",
+                          f"{s.total_queries / max(s.dense_queries, 1):.1%}", peak))
+    widths = [max(len(line[c]) for line in lines) for c in range(len(header))]
+    out = []
+    for n, line in enumerate(lines):
+        cells = [cell.ljust(w) if c < 2 else cell.rjust(w) for c, (cell, w) in enumerate(zip(line, widths, strict=True))]
+        out.append("  ".join(cells).rstrip())
+        if n == 0:
+            out.append("  ".join("-" * w for w in widths))
+    return "\n".join(out)
+
+
+class _StageBar:
+    """A tqdm bar over the scheduler stages of the current volume."""
+
+    def __init__(self, disable: bool | None) -> None:
+        from tqdm import tqdm
+
+        self._bar = tqdm(total=0, position=1, leave=False, unit="q", unit_scale=True, disable=disable,
+                         file=sys.stderr, dynamic_ncols=True)
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        bar = self._bar
+        if bar.disable:
+            return
+        bar.set_description_str(stage, refresh=False)
+        bar.total = max(total, done, 1)
+        bar.n = done
+        bar.refresh()
+
+    def close(self) -> None:
+        self._bar.close()
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("-i", "--input", "inputs", multiple=True, required=True, metavar="PATH",
+              help="A NIfTI file; per-channel files of one case (repeat -i or separate with commas, in the "
+                   "model's channel order); a case folder (BraTS: *_flair, *_t1, ...); or a folder of cases "
+                   "(NIfTI files, nnU-Net <case>_0000.nii.gz groups or case folders).")
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path), metavar="PATH",
+              help="Output file (.nii.gz/.nii) for one case, or a folder: <case>.nii.gz in it.")
+@click.option("-m", "--model", "model_dir", type=click.Path(path_type=Path), default=None, metavar="FOLDER",
+              help="Model folder written by ossnet-export (default: the bundled mni-wm-demo model).")
+@click.option("-d", "--device", default="auto", show_default=True,
+              help="auto, cpu, cuda, cuda:N, gpu, gpu:N or trt[:N]. auto takes TensorRT, CUDA, CPU, as available.")
+@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
+              help="fp16 uses decoder.fp16.onnx (for GPUs).")
+@click.option("--mode", type=click.Choice(_MODES), default="adaptive", show_default=True,
+              help="Query schedule: adaptive (ours), reference (the paper's) or dense (every voxel).")
+@click.option("--max-queries", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Decoder queries per call: the memory cap (default: 4096 on CPU, 32768 on a GPU).")
+@click.option("--threads", type=click.IntRange(min=1), default=None, metavar="N",
+              help="CPU threads per graph (default: the physical cores available).")
+@click.option("--fit", type=click.Choice(["error", "downsample"]), default="error", show_default=True,
+              help="A foreground larger than the model grid: fail, or shrink it to fit.")
+@click.option("--num-parts", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Split the sorted cases into this many parts (one per machine).")
+@click.option("--part-id", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Process part K of --num-parts: case i goes to part i % num_parts.")
+@click.option("--overwrite", is_flag=True, help="Replace existing outputs (default: skip finished cases).")
+@click.option("--preview", is_flag=True, help="Also write <name>.png: three slices with the outline.")
+@click.option("--disable-progress-bar", is_flag=True, help="No progress bars (they are off anyway without a TTY).")
+@click.option("-q", "--quiet", is_flag=True, help="Print errors only.")
+@click.option("-v", "--verbose", is_flag=True, help="Tracebacks with errors, stage times per volume.")
+@click.version_option(package_name="ossnet", prog_name="ossnet-segment")
+@click.pass_context
+def main(
+    ctx: click.Context,
+    inputs: tuple[str, ...],
+    output: Path,
+    model_dir: Path | None,
+    device: str,
+    precision: str,
+    mode: str,
+    max_queries: int | None,
+    threads: int | None,
+    fit: str,
+    num_parts: int,
+    part_id: int,
+    overwrite: bool,
+    preview: bool,
+    disable_progress_bar: bool,
+    quiet: bool,
+    verbose: bool,
+) -> None:
+    """Segment 3D NIfTI volumes with an exported OSS-Net model (no PyTorch needed)."""
+    from ossnet_deploy.devices import parse_device
+
+    console = _Console(quiet=quiet, verbose=verbose)
+    if part_id >= num_parts:
+        raise click.UsageError(f"--part-id must be below --num-parts ({part_id} >= {num_parts})")
+    try:
+        parse_device(device)
+    except InputError as exc:
+        raise click.BadParameter(str(exc), param_hint="'-d' / '--device'") from None
+    paths = _split_inputs(inputs)
+    if not paths:
+        raise click.UsageError("no input given (-i PATH)")
+    with _warnings_as_lines(console):
+        ctx.exit(_segment_all(paths, output, model_dir, device, precision, mode, max_queries, threads, fit,
+                              num_parts, part_id, overwrite, preview, disable_progress_bar, console))
+
+
+def _load(model_dir: Path | None, device: str, precision: str, mode: str, max_queries: int | None,
+          threads: int | None, console: _Console) -> Segmenter | int:
+    from ossnet_deploy.segmenter import Segmenter
+
+    try:
+        return Segmenter.from_dir(model_dir, device=device, precision=precision, max_queries=max_queries,
+                                  threads=threads, mode=mode)
+    except DependencyError as exc:
+        console.error(str(exc), exc)
+        return EXIT_DEPENDENCY
+    except (ModelFormatError, InputError) as exc:
+        # The model folder or a setting is unusable: nothing can run, like a bad option.
+        console.error(str(exc), exc)
+        return EXIT_USAGE
+
+
+def _segment_all(paths: list[Path], output: Path, model_dir: Path | None, device: str, precision: str, mode: str,
+                 max_queries: int | None, threads: int | None, fit: str, num_parts: int, part_id: int,
+                 overwrite: bool, preview: bool, disable_progress_bar: bool, console: _Console) -> int:
+    from tqdm import tqdm
+
+    from ossnet_deploy.inputs import shard
+
+    loaded = _load(model_dir, device, precision, mode, max_queries, threads, console)
+    if isinstance(loaded, int):
+        return loaded
+    segmenter = loaded
+    try:
+        jobs = _plan_jobs(paths, output, segmenter.channels)
+    except InputError as exc:
+        console.error(str(exc), exc)
+        return EXIT_SOME_FAILED
+    mine = {job.case.name for job in jobs} & {c.name for c in shard([j.case for j in jobs], num_parts, part_id)}
+    jobs = sorted((j for j in jobs if j.case.name in mine), key=lambda j: j.case.name)
+    if num_parts > 1:
+        console.info(f"part {part_id} of {num_parts}: {len(jobs)} case(s)")
+    console.info(f"model {segmenter.model_dir} ({segmenter.encoder_meta.variant}) on {segmenter.device}, "
+                 f"mode {segmenter.mode}, max_queries {segmenter.max_queries}")
+    bars_off: bool | None = True if (disable_progress_bar or console.quiet) else None
+    rows: list[_Row] = []
+    failed = 0
+    stage_bar = _StageBar(bars_off)
+    try:
+        for job in tqdm(jobs, desc="volumes", unit="vol", position=0, disable=bars_off, file=sys.stderr,
+                        dynamic_ncols=True):
+            name = job.case.name
+            if job.output.exists() and not overwrite:
+                console.info(f"{name}: skipped, {job.output} exists (--overwrite replaces it)")
+                rows.append(_Row(name, "skipped"))
+                continue
+            try:
+                stats = _run_job(job, segmenter, fit=fit, overwrite=overwrite, preview=preview,
+                                 progress=stage_bar, console=console)
+            except DependencyError as exc:
+                console.error(str(exc), exc)
+                return EXIT_DEPENDENCY
+            except OssnetError as exc:
+                failed += 1
+                console.error(str(exc), exc)
+                rows.append(_Row(name, "failed"))
+                continue
+            except Exception as exc:  # a bug must not stop a cohort run; it is reported and counted
+                failed += 1
+                console.error(f"{name}: unexpected {type(exc).__name__}: {exc} (please report this; -v shows "
+                              "the traceback)", exc)
+                rows.append(_Row(name, "failed"))
+                continue
+            rows.append(_Row(name, "done", stats))
+            line = f"{name}: {stats.summary()} -> {job.output}"
+            if console.verbose:
+                line += "\n  " + ", ".join(f"{stage} {seconds:.2f}s" for stage, seconds in stats.stage_seconds)
+            console.info(line)
+    finally:
+        stage_bar.close()
+    if len(rows) > 1:
+        console.info(_table(rows))
+    if failed:
+        console.error(f"{failed} of {len(rows)} case(s) failed")
+        return EXIT_SOME_FAILED
+    return EXIT_OK
