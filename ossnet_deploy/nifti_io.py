@@ -470,7 +470,10 @@ def labels_image(
         if key in _GEOMETRY_FIELDS:
             raise ValueError(f"extra_header may not set the geometry/data field {key!r}")
         image.header[key] = value
-    return image
+    # ``Nifti1Image(data, None, header=...)`` keeps the header's geometry (codes included) but
+    # leaves ``image.affine`` None until saved and reloaded; passing the header's own best
+    # affine back keeps the codes and makes ``affine`` usable in memory.
+    return klass(image.dataobj, image.header.get_best_affine(), header=image.header)
 
 
 def save_labels(

@@ -564,7 +564,7 @@ class Segmenter:
         del state, prepared, decode, result
         labels = labels_to_input(grid_labels, placement, source=source)
         del grid_labels
-        output = _with_affine(labels_image(labels, reference))
+        output = labels_image(labels, reference)
         timer.lap("restore")
         stages = scheduler_stats.stages
         region_shape = _shape3(tuple(s.stop - s.start for s in placement.region))
@@ -607,18 +607,6 @@ def _check_fit(fit: str) -> None:
     if fit not in ("error", "downsample"):
         raise InputError(describe(None, f"unknown fit {fit!r}", expected="'error' or 'downsample'",
                                   found=repr(fit), fix="use fit='downsample' to shrink inputs larger than the grid"))
-
-
-def _with_affine(image: nib.Nifti1Image) -> nib.Nifti1Image:
-    """The image with its in-memory ``affine`` set from its header.
-
-    ``Nifti1Image(labels, None, header=...)`` keeps the header's geometry exactly (codes
-    included) but leaves ``image.affine`` None until saved and reloaded. Passing the header's
-    own best affine back keeps the codes and makes ``affine`` usable in memory.
-    """
-    if image.affine is not None:
-        return image
-    return type(image)(image.dataobj, image.header.get_best_affine(), header=image.header)
 
 
 def _load_backends(files: ModelFiles, request: DeviceRequest, threads: int | None) -> tuple[Backend, Backend]:

@@ -1,0 +1,109 @@
+"""Evaluate the bundled demo model on held-out demo subjects, next to two baselines.
+
+For every subject of a demo-cohort folder this runs the shipped ONNX pair through
+``ossnet_deploy.Segmenter`` (CPU, the default ``adaptive`` scheduler) and measures whole-volume
+Dice and IoU against the subject's label on the subject's own grid (contracts.md section 10),
+together with:
+
+* ``template``: the unwarped MNI template's white-matter mask (probability > 0.5), i.e. what
+  you get by assuming every subject is the template;
+* ``otsu``: 3-class Otsu thresholding of the T1 over the whole volume, brightest class = WM.
+
+The JSON it writes is the source of the numbers in the model card.
+
+Usage::
+
+    python scripts/evaluate_demo_model.py --model ossnet_deploy/models/mni-wm-demo \\
+        --data data/demo-test --out ossnet_deploy/models/mni-wm-demo/evaluation.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from ossnet_deploy.metadata import sha256_file
+from ossnet_deploy.metrics import dice, iou
+from ossnet_deploy.segmenter import Segmenter
+from ossnet_train.baselines import otsu_3class, template_mask
+from ossnet_train.datasets import demo_dataset
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, required=True, help="model folder (encoder.onnx, decoder.onnx)")
+    parser.add_argument("--data", type=Path, action="append", required=True,
+                        help="demo-cohort folder(s) of held-out subjects (repeatable)")
+    parser.add_argument("--out", type=Path, required=True, help="JSON output")
+    parser.add_argument("--mode", default="adaptive", choices=["adaptive", "reference", "dense"])
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+
+    segmenter = Segmenter.from_dir(args.model, device="cpu", mode=args.mode, threads=args.threads)
+    template = template_mask()
+    subjects = []
+    for root in args.data:
+        dataset = demo_dataset(root)
+        for case in dataset.cases:
+            image_path = case.channels[0]
+            label_img = nib.load(case.label)
+            label = np.asanyarray(label_img.dataobj) > 0
+            start = time.perf_counter()
+            output, stats = segmenter.segment_with_stats(image_path)
+            seconds = time.perf_counter() - start
+            pred = np.asanyarray(output.dataobj) > 0
+            image = nib.load(image_path).get_fdata(dtype=np.float32)
+            otsu = otsu_3class(image).labels == 2
+            if template.shape != label.shape:
+                raise SystemExit(f"{case.case_id}: label grid {label.shape} is not the template grid {template.shape}")
+            record = {
+                "case": case.case_id,
+                "dataset": str(root),
+                "dice": dice(pred, label),
+                "iou": iou(pred, label),
+                "otsu_dice": dice(otsu, label),
+                "otsu_iou": iou(otsu, label),
+                "template_dice": dice(template, label),
+                "template_iou": iou(template, label),
+                "queries": stats.total_queries,
+                "seconds": seconds,
+                "peak_rss_bytes": stats.peak_rss_bytes,
+            }
+            subjects.append(record)
+            print(f"{case.case_id}: Dice {record['dice']:.4f} IoU {record['iou']:.4f} | Otsu {record['otsu_dice']:.4f} "
+                  f"| template {record['template_dice']:.4f} | {seconds:.1f} s, {stats.total_queries} queries",
+                  flush=True)
+
+    def mean(key: str) -> float:
+        return statistics.fmean(s[key] for s in subjects)
+
+    summary = {key: mean(key) for key in ("dice", "iou", "otsu_dice", "otsu_iou", "template_dice", "template_iou",
+                                          "seconds")}
+    summary["min_dice"] = min(s["dice"] for s in subjects)
+    summary["min_margin_over_otsu"] = min(s["dice"] - s["otsu_dice"] for s in subjects)
+    result = {
+        "model": str(args.model),
+        "encoder_sha256": sha256_file(args.model / "encoder.onnx"),
+        "decoder_sha256": sha256_file(args.model / "decoder.onnx"),
+        "mode": args.mode,
+        "device": "cpu",
+        "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
+        "machine": {"platform": platform.platform(), "processor": platform.processor(), "python": platform.python_version()},
+        "summary": summary,
+        "subjects": subjects,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()
