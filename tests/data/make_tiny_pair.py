@@ -7,7 +7,7 @@ Run from the repository root (needs torch, onnx, onnxscript)::
 For each of ``c`` (skip encoder + coarse head) and ``a`` (plain encoder, no coarse head) it
 
 1. builds a tiny OSS-Net on a 32^3 grid (global 16^3, 1 channel "t1", encoder (1, 8, 16),
-   decoder width 32, 5 blocks) with the demo preset's preprocessing, perturbs every weight and
+   decoder width 32, 3 blocks, so C's latent is 4 x 64) with the demo preset's preprocessing, perturbs every weight and
    calibrates the normalisation statistics on a phantom (``ossnet_export.verify.perturb_``),
    then trains it briefly (Adam, BCE on the phantom's object) so its segmentation follows the
    object ("trained-ish": a real surface, not a constant);
@@ -28,7 +28,8 @@ For each of ``c`` (skip encoder + coarse head) and ``a`` (plain encoder, no coar
    ``dense_input``       (X, Y, Z) uint8: the same mapped back onto the input grid
 
 Everything is seeded; re-running rewrites the same values (up to float rounding of the
-platform). The pairs are a few hundred KB each.
+platform). Each pair is 0.7-0.8 MB (the decoder holds the patch encoder's two 343 x 343
+identity masks, 0.23 MB).
 """
 
 from __future__ import annotations
@@ -93,7 +94,7 @@ def make(variant: str, *, seed: int) -> None:
     """Build, export and write the golden file of one tiny variant."""
     torch.manual_seed(seed)
     model = create_model(variant, "demo", global_shape=(16, 16, 16), encoder_channels=(1, 8, 16),
-                         decoder_width=32)
+                         decoder_width=32, decoder_blocks=3)
     preprocess = replace(preprocess_preset("demo"), shape=GRID)
     case = make_case(preprocess, (61, 389), seed=seed)
     perturb_(model, seed=seed, calibrate=(case, preprocess))
