@@ -168,11 +168,17 @@ def conv_matrix(conv: nn.Conv3d) -> torch.Tensor:
         ``x`` of shape ``(M, C_in, P, P, P)`` (C order, channels first).
     """
     size = conv.kernel_size[0]
-    n = conv.in_channels * size**3
-    basis = torch.eye(n, dtype=conv.weight.dtype, device=conv.weight.device)
-    columns = F.conv3d(basis.reshape(n, conv.in_channels, size, size, size), conv.weight, None,
-                       padding=conv.padding)
-    return columns.reshape(n, -1)
+    volume = size**3
+    # One P^3 identity basis, shared by every input channel (and folded into one small constant
+    # of the exported graph): column block c of the matrix is the convolution of the basis with
+    # the kernels of input channel c. An identity over all C_in * P^3 inputs would put a
+    # (C_in * P^3)^2 constant into the ONNX file (30 MB for 8 patch channels).
+    basis = torch.eye(volume, dtype=conv.weight.dtype, device=conv.weight.device).reshape(volume, 1, size, size, size)
+    blocks = [
+        F.conv3d(basis, conv.weight[:, c : c + 1], None, padding=conv.padding).reshape(volume, -1)
+        for c in range(conv.in_channels)
+    ]
+    return torch.cat(blocks, dim=0)
 
 
 def _conv_as_linear(x: torch.Tensor, conv: nn.Conv3d) -> torch.Tensor:
