@@ -132,6 +132,7 @@ def save_checkpoint(
     preprocess: Any,
     *,
     training: Mapping[str, Any] | None = None,
+    labels: Mapping[str, str] | None = None,
     overwrite: bool = False,
 ) -> Path:
     """Write ``model`` (its ``config`` and weights) and ``preprocess`` to one ``.pt`` file.
@@ -144,6 +145,8 @@ def save_checkpoint(
             ``to_dict()``) or its dict; stored as a dict of JSON values.
         training: facts about the run (epochs, data, seed, ...) as JSON values; stored under
             ``provenance["training"]``.
+        labels: output label value -> name (e.g. ``{"1": "white_matter"}``), stored under
+            ``provenance["labels"]``; the exporter writes them into the graphs' metadata.
         overwrite: replace an existing file.
 
     Returns:
@@ -168,6 +171,8 @@ def save_checkpoint(
         "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "training": dict(training) if training is not None else None,
     }
+    if labels is not None:
+        provenance["labels"] = {str(value): str(name) for value, name in labels.items()}
     state = {name: tensor.detach().to("cpu", copy=True).contiguous() for name, tensor in model.state_dict().items()}
     payload = {
         "checkpoint_format": CHECKPOINT_FORMAT,

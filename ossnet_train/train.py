@@ -534,6 +534,14 @@ def plan_batch(cfg: TrainConfig, model: nn.Module, sample: SampleConfig, preproc
                      estimated_peak_bytes=fixed + batch * per_sample, source=source)
     if plan.estimated_peak_bytes > budget:
         logger.warning("the given batch exceeds the memory budget: %s", plan.describe())
+    if isinstance(model, OSSNet) and batch < 2:
+        # With one volume per step the decoder's batch statistics are per-volume, so anything
+        # constant over a volume's queries (latent channel 0 through block 0) is normalised away
+        # in training but not by the running statistics used in eval mode and in the exported
+        # graphs: the eval-mode model can be far worse than the training loss suggests
+        # (measured on the demo preset: every query negative in eval mode after 150 steps).
+        logger.warning("batch of %d volume(s) per step: the eval-mode (exported) model will not match "
+                       "training; use --batch 2 or more (the paper used 4 per BatchNorm)", batch)
     return plan
 
 
