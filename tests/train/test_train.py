@@ -12,7 +12,6 @@ import json
 import math
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pytest
 import torch
@@ -24,6 +23,7 @@ from ossnet_train.batches import CaseCache, SampleConfig, TrainingSamples, case_
 from ossnet_train.datasets import make_dataset
 from ossnet_train.losses import coarse_target, occupancy_loss
 from ossnet_train.registry import build_model
+from ossnet_train.synthetic import write_ellipsoid_dataset
 from ossnet_train.train import TrainConfig, _model_config, _preprocess_config, _sample_config, fit, plan_batch
 
 GRID = 32
@@ -34,18 +34,7 @@ TINY_PREPROCESS = (("shape", (GRID, GRID, GRID)), ("max_shift", 0), ("intensity"
 
 def write_ellipsoids(root: Path, seeds: range, *, noise: float = 0.25) -> None:
     """Generic-layout dataset of 32^3 volumes, each a bright ellipsoid of random centre and radii."""
-    grid = np.indices((GRID, GRID, GRID), dtype=np.float32)
-    for seed in seeds:
-        rng = np.random.default_rng(seed)
-        centre = rng.uniform(11, 21, size=3)
-        radii = rng.uniform(4, 9, size=3)
-        inside = sum(((grid[a] - centre[a]) / radii[a]) ** 2 for a in range(3)) <= 1.0
-        image = inside.astype(np.float32) + rng.normal(0, noise, size=inside.shape).astype(np.float32)
-        affine = np.diag([1.0, 1.0, 1.0, 1.0])
-        (root / "imagesTr").mkdir(parents=True, exist_ok=True)
-        (root / "labelsTr").mkdir(parents=True, exist_ok=True)
-        nib.save(nib.Nifti1Image(image, affine), root / "imagesTr" / f"ell_{seed:03d}_0000.nii.gz")
-        nib.save(nib.Nifti1Image(inside.astype(np.uint8), affine), root / "labelsTr" / f"ell_{seed:03d}.nii.gz")
+    write_ellipsoid_dataset(root, seeds, grid=GRID, noise=noise)
 
 
 def tiny_config(data: Path, out: Path, **overrides: object) -> TrainConfig:
