@@ -156,6 +156,14 @@ def compare(tensor: str, actual: np.ndarray, expected: np.ndarray, *, rtol: floa
         )
     if a.size == 0:
         return Deviation(tensor, a.shape, 0.0, 0.0, (), 0.0, 0.0, 0.0, rtol, atol)
+    if not np.isfinite(e).all():
+        # Not an export problem: the model itself overflows on a plain input.
+        bad = int(np.count_nonzero(~np.isfinite(e)))
+        raise ParityError(
+            describe(None, f"PyTorch itself gives non-finite {tensor} on the verification volume",
+                     expected="finite values", found=f"{bad} of {e.size} values NaN/inf",
+                     fix="the checkpoint's weights have diverged (check its training log); export a healthy checkpoint")
+        )
     diff = np.abs(a - e)
     excess = diff / (atol + rtol * np.abs(e))
     excess[~np.isfinite(a) | ~np.isfinite(e)] = np.inf

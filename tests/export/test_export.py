@@ -367,3 +367,14 @@ def test_checkpoint_labels_come_from_its_training_target(tiny_model: ModelFactor
     trained = save_checkpoint(tmp_path / "wt.pt", model, preprocess,
                               training={"train_config": {"target": "whole_tumour"}})
     assert export_onnx.load_checkpoint(trained).labels == {"1": "whole_tumour"}
+
+
+def test_non_finite_pytorch_reference_is_named_as_the_cause() -> None:
+    """A diverged checkpoint is refused with a message that blames the weights, not the export."""
+    import numpy as np
+
+    from ossnet_export.verify import ParityError, compare
+
+    expected = np.array([[1.0], [np.nan], [np.inf]], dtype=np.float32)
+    with pytest.raises(ParityError, match=r"PyTorch itself gives non-finite logits.*2 of 3"):
+        compare("logits", expected.copy(), expected, rtol=1e-4, atol=1e-5)

@@ -235,3 +235,4 @@ def test_parity_feeds_are_cut_to_each_end_of_the_profile() -> None:
         assert feed[COORDS].shape == (n, 3) and feed[PATCHES].shape == (n, 1, 7, 7, 7)
         assert feed[LATENT].shape == (1, 1, 336)
         np.testing.assert_array_equal(feed[COORDS], np.concatenate([inputs[COORDS]] * 3)[:n])
+
