@@ -161,6 +161,9 @@ def main() -> None:
 @click.option("--pau-lr", type=float, default=1e-2, show_default=True, help="Learning rate of the PAU coefficients.")
 @click.option("--lr-milestones", default="0.4,0.6", show_default=True,
               help="Fractions of --steps at which the LR drops x0.1 (the paper's epochs 20 and 30 of 50).")
+@click.option("--freeze-bn-after", type=click.FloatRange(0, 1), default=1.0, show_default=True,
+              help="Fraction of --steps after which BatchNorm uses (and keeps) its running statistics, as "
+                   "the exported graphs do; 1 = never.")
 @click.option("--sampling", type=click.Choice(["uniform", "border"]), default="uniform", show_default=True,
               help="Query points: uniform over the grid, or half from a +-6 voxel band around the label surface.")
 @click.option("--border-balance", type=click.FloatRange(0, 1), default=0.5, show_default=True,

@@ -54,6 +54,7 @@ from ossnet_train.batches import (
 )
 from ossnet_train.config import model_config
 from ossnet_train.datasets import NiftiDataset, make_dataset
+from ossnet_train.decoder import ConditionalBatchNorm
 from ossnet_train.losses import LossParts, occupancy_loss, voxel_loss
 from ossnet_train.model import OSSNet
 from ossnet_train.optim import Lookahead, LRSchedule, OptimConfig, apply_learning_rate, build_optimizer
@@ -139,6 +140,7 @@ class TrainConfig:
     lr: float = 3e-4
     pau_lr: float = 1e-2
     lr_milestones: tuple[float, ...] = (0.4, 0.6)
+    freeze_bn_after: float = 1.0
     sampling: str = "uniform"
     border_balance: float = 0.5
     augment: bool = True
@@ -269,6 +271,8 @@ def _check_config(cfg: TrainConfig) -> None:
             raise bad(option, "a positive number", value)
     if any(not 0.0 <= f <= 1.0 for f in cfg.lr_milestones):
         raise bad("--lr-milestones", "fractions of the run in [0, 1]", cfg.lr_milestones)
+    if not 0.0 <= cfg.freeze_bn_after <= 1.0:
+        raise bad("--freeze-bn-after", "a fraction of the run in [0, 1]", cfg.freeze_bn_after)
     if not 0.0 <= cfg.border_balance <= 1.0:
         raise bad("--border-balance", "a fraction in [0, 1]", cfg.border_balance)
     if cfg.memory_budget_gb < 0:
@@ -465,6 +469,19 @@ def _probe_sizes(model: nn.Module, sample: SampleConfig) -> tuple[int, int]:
         return 128, 512
     divisor = int(model.size_divisor)
     return 2 * divisor, 3 * divisor
+
+
+def freeze_normalisation(model: nn.Module) -> None:
+    """Put every BatchNorm (and OSS-Net's conditional BatchNorm) into eval mode; the rest stays in training.
+
+    Training then normalises with the running statistics, exactly as eval mode and the exported
+    graphs do, and stops updating them; the weights keep learning. Why: a step's batch statistics
+    come from its few volumes, so a model trained only with them can behave very differently
+    with the running statistics (see docs/training.md).
+    """
+    for module in model.modules():
+        if isinstance(module, (nn.modules.batchnorm._BatchNorm, ConditionalBatchNorm)):
+            module.eval()
 
 
 def plan_batch(cfg: TrainConfig, model: nn.Module, sample: SampleConfig, preprocess: PreprocessConfig,
@@ -701,6 +718,8 @@ def fit(cfg: TrainConfig, *, log: Callable[[str], None] | None = None) -> FitRes
         return result
 
     model.train()
+    # From this step on the normalisation uses the running statistics, as the exported graphs do.
+    freeze_step = math.ceil(cfg.freeze_bn_after * cfg.steps) if cfg.freeze_bn_after < 1.0 else cfg.steps + 1
     units = plan.batch * plan.units
     last_val: ValidationResult | None = None
     bar = tqdm(total=end_step, initial=start_step, desc="fit", unit="step", disable=not cfg.progress or None,
@@ -713,6 +732,8 @@ def fit(cfg: TrainConfig, *, log: Callable[[str], None] | None = None) -> FitRes
             data_seconds = time.perf_counter() - fetch_started
             t0 = time.perf_counter()
             factor = apply_learning_rate(optimizer.param_groups, schedule, step)
+            if step >= freeze_step:
+                freeze_normalisation(model)
             batch = _to_device(batch, device)
             optimizer.zero_grad(set_to_none=True)
             parts = step_loss(model, batch, device, amp_dtype)

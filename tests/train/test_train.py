@@ -247,3 +247,24 @@ def test_unet_baselines_train_and_validate_through_the_same_loop(tmp_path: Path,
     assert [r["kind"] for r in records] == ["train", "val", "train", "val"]
     expected_units = 16**3 if arch == "unet3d" else 4 * GRID * GRID
     assert records[0]["units"] == expected_units
+
+
+def test_freeze_bn_keeps_running_statistics_and_trains_weights(tmp_path: Path) -> None:
+    """With --freeze-bn-after 0 every step normalises with (and keeps) the running statistics."""
+    write_ellipsoids(tmp_path / "data", range(0, 3))
+    result = fit(tiny_config(tmp_path / "data", tmp_path / "run", steps=3, freeze_bn_after=0.0))
+    assert result.steps == 3
+    trained = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["state_dict"]
+    fresh = build_model(trained_config(tmp_path / "run" / "last.pt")).state_dict()
+    stats = [k for k in trained if k.endswith(("running_mean", "running_var"))]
+    assert stats
+    for key in stats:
+        assert torch.equal(trained[key], fresh[key]), key
+    weights = [k for k in trained if k.endswith("fc1.weight")]
+    assert any(not torch.equal(trained[k], fresh[k]) for k in weights)
+
+
+def trained_config(path: Path) -> object:
+    from ossnet_train.checkpoint import load_checkpoint
+
+    return load_checkpoint(path).config()
