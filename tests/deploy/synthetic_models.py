@@ -23,7 +23,7 @@ _FLOAT, _INT64 = 1, 7
 _ELEM = {"float32": _FLOAT, "int64": _INT64, "float16": 10}
 
 
-def _varint(value: int) -> bytes:
+def varint(value: int) -> bytes:
     value &= (1 << 64) - 1  # negative int64 -> two's complement, as protobuf does
     out = bytearray()
     while True:
@@ -36,54 +36,54 @@ def _varint(value: int) -> bytes:
             return bytes(out)
 
 
-def _key(field: int, wire: int) -> bytes:
-    return _varint((field << 3) | wire)
+def field_key(field: int, wire: int) -> bytes:
+    return varint((field << 3) | wire)
 
 
-def _int(field: int, value: int) -> bytes:
-    return _key(field, 0) + _varint(value)
+def int_field(field: int, value: int) -> bytes:
+    return field_key(field, 0) + varint(value)
 
 
-def _bytes(field: int, payload: bytes | str) -> bytes:
+def bytes_field(field: int, payload: bytes | str) -> bytes:
     data = payload.encode() if isinstance(payload, str) else payload
-    return _key(field, 2) + _varint(len(data)) + data
+    return field_key(field, 2) + varint(len(data)) + data
 
 
 def tensor(name: str, array: np.ndarray) -> bytes:
     """TensorProto: dims 1, data_type 2, name 8, raw_data 9 (little-endian)."""
     arr = np.ascontiguousarray(array)
-    body = b"".join(_int(1, d) for d in arr.shape)
-    body += _int(2, _ELEM[arr.dtype.name]) + _bytes(8, name) + _bytes(9, arr.astype(arr.dtype.newbyteorder("<")).tobytes())
+    body = b"".join(int_field(1, d) for d in arr.shape)
+    body += int_field(2, _ELEM[arr.dtype.name]) + bytes_field(8, name) + bytes_field(9, arr.astype(arr.dtype.newbyteorder("<")).tobytes())
     return body
 
 
 def _attribute(name: str, value: object) -> bytes:
     """AttributeProto: name 1, f 2, i 3, t 5, ints 8, type 20."""
-    body = _bytes(1, name)
+    body = bytes_field(1, name)
     if isinstance(value, float):
-        body += _key(2, 5) + struct.pack("<f", value) + _int(20, 1)
+        body += field_key(2, 5) + struct.pack("<f", value) + int_field(20, 1)
     elif isinstance(value, int):
-        body += _int(3, value) + _int(20, 2)
+        body += int_field(3, value) + int_field(20, 2)
     elif isinstance(value, np.ndarray):
-        body += _bytes(5, tensor("", value)) + _int(20, 4)
+        body += bytes_field(5, tensor("", value)) + int_field(20, 4)
     else:
-        body += b"".join(_int(8, int(v)) for v in value) + _int(20, 7)  # type: ignore[union-attr]
+        body += b"".join(int_field(8, int(v)) for v in value) + int_field(20, 7)  # type: ignore[union-attr]
     return body
 
 
 def node(op: str, inputs: Sequence[str], outputs: Sequence[str], **attrs: object) -> bytes:
     """NodeProto: input 1, output 2, name 3, op_type 4, attribute 5."""
-    body = b"".join(_bytes(1, i) for i in inputs) + b"".join(_bytes(2, o) for o in outputs)
-    body += _bytes(3, f"{op}_{outputs[0]}") + _bytes(4, op)
-    body += b"".join(_bytes(5, _attribute(k, v)) for k, v in attrs.items())
+    body = b"".join(bytes_field(1, i) for i in inputs) + b"".join(bytes_field(2, o) for o in outputs)
+    body += bytes_field(3, f"{op}_{outputs[0]}") + bytes_field(4, op)
+    body += b"".join(bytes_field(5, _attribute(k, v)) for k, v in attrs.items())
     return body
 
 
 def value_info(name: str, dtype: str, shape: Sequence[int | str]) -> bytes:
     """ValueInfoProto(name 1, type 2 = TypeProto(tensor_type 1 = (elem_type 1, shape 2)))."""
-    dims = b"".join(_bytes(1, _bytes(2, d) if isinstance(d, str) else _int(1, d)) for d in shape)
-    tensor_type = _int(1, _ELEM[dtype]) + _bytes(2, dims)
-    return _bytes(1, name) + _bytes(2, _bytes(1, tensor_type))
+    dims = b"".join(bytes_field(1, bytes_field(2, d) if isinstance(d, str) else int_field(1, d)) for d in shape)
+    tensor_type = int_field(1, _ELEM[dtype]) + bytes_field(2, dims)
+    return bytes_field(1, name) + bytes_field(2, bytes_field(1, tensor_type))
 
 
 def model(
@@ -97,13 +97,13 @@ def model(
     producer: str = "ossnet-tests",
 ) -> bytes:
     """ModelProto bytes: ir_version 1, producer_name 2, model_version 5, graph 7, opset_import 8, metadata_props 14."""
-    graph = b"".join(_bytes(1, n) for n in nodes) + _bytes(2, "g")
-    graph += b"".join(_bytes(5, t) for t in initializers)
-    graph += b"".join(_bytes(11, v) for v in inputs) + b"".join(_bytes(12, v) for v in outputs)
-    body = _int(1, 8) + _bytes(2, producer) + _int(5, 1) + _bytes(7, graph)
-    body += _bytes(8, _bytes(1, "") + _int(2, opset))
+    graph = b"".join(bytes_field(1, n) for n in nodes) + bytes_field(2, "g")
+    graph += b"".join(bytes_field(5, t) for t in initializers)
+    graph += b"".join(bytes_field(11, v) for v in inputs) + b"".join(bytes_field(12, v) for v in outputs)
+    body = int_field(1, 8) + bytes_field(2, producer) + int_field(5, 1) + bytes_field(7, graph)
+    body += bytes_field(8, bytes_field(1, "") + int_field(2, opset))
     for key, value in (metadata or {}).items():
-        body += _bytes(14, _bytes(1, key) + _bytes(2, value))
+        body += bytes_field(14, bytes_field(1, key) + bytes_field(2, value))
     return body
 
 

@@ -20,42 +20,17 @@ import nibabel as nib
 import numpy as np
 import onnxruntime as ort
 import pytest
+from synthetic_models import bytes_field as _bytes_field
+from synthetic_models import field_key as _tag
+from synthetic_models import int_field as _int_field
 
 from ossnet_deploy import metadata as md
 from ossnet_deploy.errors import ModelFormatError, OutputExistsError
 
+_str_field = _bytes_field  # bytes_field encodes str as UTF-8
+
 # ----------------------------------------------------------------------------------------
 # A minimal protobuf writer for ONNX ModelProto (test helper; field numbers from onnx.proto3)
-
-
-def _varint(value: int) -> bytes:
-    if value < 0:
-        value += 1 << 64
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-def _tag(number: int, wire: int) -> bytes:
-    return _varint(number << 3 | wire)
-
-
-def _int_field(number: int, value: int) -> bytes:
-    return _tag(number, 0) + _varint(value)
-
-
-def _bytes_field(number: int, payload: bytes) -> bytes:
-    return _tag(number, 2) + _varint(len(payload)) + payload
-
-
-def _str_field(number: int, text: str) -> bytes:
-    return _bytes_field(number, text.encode("utf-8"))
 
 
 def _value_info(name: str, dims: list[int]) -> bytes:
