@@ -164,6 +164,9 @@ def main() -> None:
 @click.option("--freeze-bn-after", type=click.FloatRange(0, 1), default=1.0, show_default=True,
               help="Fraction of --steps after which BatchNorm uses (and keeps) its running statistics, as "
                    "the exported graphs do; 1 = never.")
+@click.option("--init-from", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="Start from this checkpoint's weights (same model config) instead of a random "
+                   "initialisation; the optimiser starts fresh.")
 @click.option("--sampling", type=click.Choice(["uniform", "border"]), default="uniform", show_default=True,
               help="Query points: uniform over the grid, or half from a +-6 voxel band around the label surface.")
 @click.option("--border-balance", type=click.FloatRange(0, 1), default=0.5, show_default=True,
@@ -209,6 +212,7 @@ def fit_command(**options: Any) -> None:
     for key in ("data", "out"):
         options[key] = str(options[key])
     options["val_data"] = str(options["val_data"]) if options["val_data"] else ""
+    options["init_from"] = str(options["init_from"]) if options["init_from"] else ""
     result = fit(TrainConfig(**options))
     best = f"{result.best_dice:.4f} at step {result.best_step}" if result.best_dice is not None else "n/a"
     peak = f"{result.peak_memory_bytes / 2**30:.2f} GiB" if result.peak_memory_bytes else "unknown"

@@ -141,6 +141,7 @@ class TrainConfig:
     pau_lr: float = 1e-2
     lr_milestones: tuple[float, ...] = (0.4, 0.6)
     freeze_bn_after: float = 1.0
+    init_from: str = ""
     sampling: str = "uniform"
     border_balance: float = 0.5
     augment: bool = True
@@ -484,6 +485,25 @@ def freeze_normalisation(model: nn.Module) -> None:
             module.eval()
 
 
+def _load_initial_weights(path: Path, model: nn.Module, model_cfg: Any) -> None:
+    """Load a checkpoint's weights (and normalisation statistics) into the freshly built ``model``.
+
+    Raises:
+        ModelFormatError: ``path`` is not a readable ossnet checkpoint, or its model config is not
+            this run's (the message lists the differing keys).
+    """
+    loaded = checkpoint.load_checkpoint(path)
+    theirs, ours = loaded.model_config, model_cfg.to_dict()
+    differ = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
+    if differ:
+        raise ModelFormatError(describe(
+            path, "--init-from checkpoint has another model config",
+            expected=f"this run's {', '.join(f'{k}={ours.get(k)!r}' for k in differ[:6])}",
+            found=", ".join(f"{k}={theirs.get(k)!r}" for k in differ[:6]),
+            fix="give the same --variant, --preset and --model-override options as the checkpoint's run"))
+    model.load_state_dict(loaded.state_dict, strict=True)
+
+
 def plan_batch(cfg: TrainConfig, model: nn.Module, sample: SampleConfig, preprocess: PreprocessConfig,
                device: torch.device, amp_dtype: torch.dtype | None, n_cases: int, n_val: int = 0) -> BatchPlan:
     """Choose volumes per step (and, if even one volume does not fit, fewer points) for the budget.
@@ -666,6 +686,9 @@ def fit(cfg: TrainConfig, *, log: Callable[[str], None] | None = None) -> FitRes
 
     start_step, best_dice, best_step = 0, None, None
     plan_dict = None
+    if cfg.init_from and not cfg.resume:
+        _load_initial_weights(Path(cfg.init_from), model, model_cfg)
+        say(f"initial weights from {cfg.init_from}")
     if cfg.resume:
         resumed = _load_training_state(run / LAST, cfg, model, optimizer, scaler, device)
         start_step, best_dice, best_step, plan_dict = resumed

@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 import torch
 
-from ossnet_deploy.errors import InputError, OutputExistsError
+from ossnet_deploy.errors import InputError, ModelFormatError, OutputExistsError
 from ossnet_deploy.preprocess import global_pool
+from ossnet_train import checkpoint
 from ossnet_train.augment import AugmentConfig
 from ossnet_train.batches import CaseCache, SampleConfig, TrainingSamples, case_for_sample
 from ossnet_train.datasets import make_dataset
@@ -268,3 +269,27 @@ def trained_config(path: Path) -> object:
     from ossnet_train.checkpoint import load_checkpoint
 
     return load_checkpoint(path).config()
+
+
+def test_init_from_starts_with_the_checkpoint_weights(tmp_path: Path) -> None:
+    write_ellipsoids(tmp_path / "data", range(2))
+    fit(tiny_config(tmp_path / "data", tmp_path / "first", steps=2))
+    first = checkpoint.load_checkpoint(tmp_path / "first" / "last.pt").state_dict
+    # A run takes at least one step, so take one with a negligible learning rate: every weight must
+    # still be the first run's (a fresh initialisation differs by far more than the tolerance).
+    fit(tiny_config(tmp_path / "data", tmp_path / "second", steps=1, lr=1e-12, pau_lr=1e-12,
+                    init_from=str(tmp_path / "first" / "last.pt")))
+    second = checkpoint.load_checkpoint(tmp_path / "second" / "last.pt").state_dict
+    weights = [k for k in first if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
+    assert weights
+    for key in weights:
+        torch.testing.assert_close(second[key], first[key], rtol=0, atol=1e-6, msg=key)
+
+
+def test_init_from_refuses_another_model_config(tmp_path: Path) -> None:
+    write_ellipsoids(tmp_path / "data", range(2))
+    fit(tiny_config(tmp_path / "data", tmp_path / "first", steps=1))
+    other = (*((k, v) for k, v in TINY_MODEL if k != "decoder_width"), ("decoder_width", 16))
+    with pytest.raises(ModelFormatError, match="decoder_width"):
+        fit(tiny_config(tmp_path / "data", tmp_path / "second", steps=1, model_overrides=other,
+                        init_from=str(tmp_path / "first" / "last.pt")))
