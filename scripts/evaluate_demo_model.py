@@ -45,7 +45,15 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="JSON output")
     parser.add_argument("--mode", default="adaptive", choices=["adaptive", "reference", "dense"])
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--run-config", type=Path, default=None,
+                        help="the training run's config.json: its case lists, options and timing go into the JSON, "
+                             "and every evaluated subject is checked to be outside them")
+    parser.add_argument("--sample", type=Path, nargs=2, metavar=("IMAGE", "LABEL"), default=None,
+                        help="also score the bundled sample (examples/...) against its label")
     args = parser.parse_args()
+
+    training = _training_facts(args.run_config) if args.run_config else None
+    seen = set(training["train_cases"] + training["val_cases"]) if training else set()
 
     segmenter = Segmenter.from_dir(args.model, device="cpu", mode=args.mode, threads=args.threads)
     template = template_mask()
@@ -53,6 +61,8 @@ def main() -> None:
     for root in args.data:
         dataset = demo_dataset(root)
         for case in dataset.cases:
+            if case.case_id in seen:
+                raise SystemExit(f"{case.case_id} was used in training or validation; it is not held out")
             image_path = case.channels[0]
             label_img = nib.load(case.label)
             label = np.asanyarray(label_img.dataobj) > 0
@@ -89,6 +99,17 @@ def main() -> None:
                                           "seconds")}
     summary["min_dice"] = min(s["dice"] for s in subjects)
     summary["min_margin_over_otsu"] = min(s["dice"] - s["otsu_dice"] for s in subjects)
+    sample = None
+    if args.sample:
+        image_path, label_path = args.sample
+        start = time.perf_counter()
+        output, stats = segmenter.segment_with_stats(image_path)
+        pred = np.asanyarray(output.dataobj) > 0
+        label = np.asanyarray(nib.load(label_path).dataobj) > 0
+        sample = {"image": image_path.as_posix(), "label": label_path.as_posix(), "dice": dice(pred, label),
+                  "iou": iou(pred, label), "queries": stats.total_queries, "dense_queries": stats.dense_queries,
+                  "seconds": time.perf_counter() - start, "peak_rss_bytes": stats.peak_rss_bytes}
+        print(f"sample {image_path}: Dice {sample['dice']:.4f} IoU {sample['iou']:.4f}", flush=True)
     result = {
         "model": str(args.model),
         "encoder_sha256": sha256_file(args.model / "encoder.onnx"),
@@ -99,10 +120,29 @@ def main() -> None:
         "machine": {"platform": platform.platform(), "processor": platform.processor(), "python": platform.python_version()},
         "summary": summary,
         "subjects": subjects,
+        "sample": sample,
+        "training": training,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(summary, indent=2))
+
+
+def _training_facts(config_path: Path) -> dict[str, object]:
+    """What the model card states about training, from the run's ``config.json`` and ``metrics.jsonl``."""
+    config = json.loads(config_path.read_text())
+    records = [json.loads(line) for line in (config_path.parent / "metrics.jsonl").read_text().splitlines() if line]
+    steps = [r for r in records if r["kind"] == "train"]
+    vals = [r for r in records if r["kind"] == "val"]
+    return {
+        "train_cases": list(config["train_cases"]), "val_cases": list(config["val_cases"]),
+        "options": config["train"], "plan": config["plan"], "torch": config["torch"], "threads": config["threads"],
+        "steps": steps[-1]["step"] if steps else 0,
+        "step_seconds_total": sum(r["step_seconds"] for r in steps),
+        "validation_seconds_total": sum(r["seconds"] for r in vals),
+        "validation": [{"step": r["step"], "dice": r["dice"],
+                        "subjects": {s["case_id"]: s["dice"] for s in r["subjects"]}} for r in vals],
+    }
 
 
 if __name__ == "__main__":

@@ -5,20 +5,19 @@
    model can be re-exported without retraining when a schema changes.
 2. Export it with ``ossnet_export`` (verified against PyTorch) into
    ``ossnet_deploy/models/mni-wm-demo/``.
-3. Add the model card (``models/mni-wm-demo.card.md``) and the MNI notice to that folder.
+3. Add the MNI notice to that folder.
 
 Usage::
 
     python scripts/package_demo_model.py runs/demo-c/best.pt [--overwrite]
 
-The card's numbers come from ``scripts/evaluate_demo_model.py``, which writes
-``ossnet_deploy/models/mni-wm-demo/evaluation.json`` afterwards.
+Then ``scripts/evaluate_demo_model.py`` writes ``evaluation.json`` into the folder and
+``scripts/write_model_card.py`` writes ``MODEL_CARD.md`` from it.
 """
 
 from __future__ import annotations
 
 import argparse
-import shutil
 from pathlib import Path
 
 from ossnet_export.export_onnx import ExportOptions, export_checkpoint
@@ -27,7 +26,6 @@ from ossnet_train.demo_cohort import MNI_NOTICE
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINT = ROOT / "models" / "mni-wm-demo.pt"
-CARD = ROOT / "models" / "mni-wm-demo.card.md"
 MODEL_DIR = ROOT / "ossnet_deploy" / "models" / "mni-wm-demo"
 LABELS = {"1": "white_matter"}
 
@@ -36,21 +34,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_checkpoint", type=Path, help="e.g. runs/demo-c/best.pt")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing packaged model")
+    parser.add_argument("--checkpoint-out", type=Path, default=CHECKPOINT, help=f"default: {CHECKPOINT}")
+    parser.add_argument("--model-dir", type=Path, default=MODEL_DIR, help=f"default: {MODEL_DIR}")
     args = parser.parse_args()
 
     model, stored = load_model(args.run_checkpoint)
     training = dict(stored.provenance.get("training") or {})
     training["source_checkpoint"] = args.run_checkpoint.name
-    save_checkpoint(CHECKPOINT, model, stored.preprocess, training=training, labels=LABELS, overwrite=args.overwrite)
-    result = export_checkpoint(CHECKPOINT, MODEL_DIR, options=ExportOptions(overwrite=args.overwrite))
+    save_checkpoint(args.checkpoint_out, model, stored.preprocess, training=training, labels=LABELS, overwrite=args.overwrite)
+    result = export_checkpoint(args.checkpoint_out, args.model_dir, options=ExportOptions(overwrite=args.overwrite))
     print(result)
-    if CARD.is_file():
-        shutil.copy(CARD, MODEL_DIR / "MODEL_CARD.md")
-    (MODEL_DIR / "MNI_NOTICE.txt").write_text(
+    (args.model_dir / "MNI_NOTICE.txt").write_text(
         "The training data of this model were generated from the MNI ICBM152 2009 template.\n\n" + MNI_NOTICE + "\n"
     )
-    for path in sorted(MODEL_DIR.iterdir()):
-        print(f"{path.relative_to(ROOT)}: {path.stat().st_size / 1e6:.2f} MB")
+    for path in sorted(args.model_dir.iterdir()):
+        print(f"{path}: {path.stat().st_size / 1e6:.2f} MB")
 
 
 if __name__ == "__main__":

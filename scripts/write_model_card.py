@@ -1,0 +1,159 @@
+"""Write the default model's card (``MODEL_CARD.md``) from its evaluation JSON.
+
+Every number in the card comes from the JSON that ``scripts/evaluate_demo_model.py`` wrote
+(held-out scores, baselines, timing) and from the graphs' own metadata (sizes, hashes), so the
+card cannot drift from the measurements.
+
+Usage::
+
+    python scripts/write_model_card.py ossnet_deploy/models/mni-wm-demo
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+from ossnet_deploy.metadata import read_onnx_metadata
+from ossnet_train.demo_cohort import MNI_NOTICE
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _results(evaluation: dict[str, Any]) -> str:
+    rows = []
+    for s in evaluation["subjects"]:
+        rows.append([s["case"], f"{s['dice']:.4f}", f"{s['iou']:.4f}", f"{s['otsu_dice']:.4f}",
+                     f"{s['template_dice']:.4f}", f"{s['dice'] - s['otsu_dice']:+.4f}", f"{s['seconds']:.1f}",
+                     f"{s['queries']:,}", f"{s['peak_rss_bytes'] / 2**20:.0f}"])
+    m = evaluation["summary"]
+    rows.append(["**mean**", f"**{m['dice']:.4f}**", f"**{m['iou']:.4f}**", f"{m['otsu_dice']:.4f}",
+                 f"{m['template_dice']:.4f}", "", f"{m['seconds']:.1f}", "", ""])
+    return _table(["subject", "Dice", "IoU", "Otsu Dice", "template Dice", "Dice - Otsu", "seconds", "queries",
+                   "peak RSS (MiB)"], rows)
+
+
+def _training(training: dict[str, Any]) -> str:
+    o = training["options"]
+    hours = (training["step_seconds_total"] + training["validation_seconds_total"]) / 60
+    plan = training["plan"]
+    lines = [
+        f"- Data: {len(training['train_cases'])} training subjects ({training['train_cases'][0]} ... "
+        f"{training['train_cases'][-1]}), {len(training['val_cases'])} validation subjects "
+        f"({', '.join(training['val_cases'])}); the held-out subjects below come from a third, disjoint seed range.",
+        f"- {training['steps']} optimiser steps of {plan['batch']} volumes x {o['points']} query points "
+        f"({o['sampling']} sampling), learning rate {o['lr']} (PAU {o['pau_lr']}) dropping x0.1 at "
+        f"{', '.join(str(f) for f in o['lr_milestones'])} of the run; BatchNorm frozen to its running "
+        f"statistics (as the exported graphs use them) from {o['freeze_bn_after']} of the run; seed {o['seed']}.",
+        f"- Time: {hours:.0f} minutes of training and validation ({training['step_seconds_total'] / 60:.0f} min of "
+        f"steps) on {training['threads']} CPU threads of a shared 2-core machine, torch {training['torch']}.",
+    ]
+    if training["validation"]:
+        history = ", ".join(f"step {v['step']}: {v['dice']:.4f}" for v in training["validation"])
+        lines.append(f"- Validation Dice (reference scheduler, eval mode) during the run: {history}.")
+    return "\n".join(lines)
+
+
+def _command(training: dict[str, Any]) -> str:
+    o = training["options"]
+    parts = [f"ossnet-train fit --data-kind {o['data_kind']} --data {o['data']} --val-data {o['val_data']}",
+             f"--variant {o['variant']} --preset {o['preset']} --out {o['out']}",
+             f"--steps {o['steps']} --points {o['points']} --batch {o['batch']} --sampling {o['sampling']}",
+             f"--lr-milestones {','.join(str(f) for f in o['lr_milestones'])} --freeze-bn-after {o['freeze_bn_after']}",
+             f"--val-every {o['val_every']} --threads {o['threads']} --workers {o['workers']} --seed {o['seed']}"]
+    return " \\\n    ".join(parts)
+
+
+def card(model_dir: Path) -> str:
+    """The card's markdown text for the model folder ``model_dir`` (holding ``evaluation.json``)."""
+    evaluation = json.loads((model_dir / "evaluation.json").read_text())
+    encoder = read_onnx_metadata(model_dir / "encoder.onnx")
+    training = evaluation["training"]
+    m = evaluation["summary"]
+    sizes = {name: (model_dir / name).stat().st_size for name in ("encoder.onnx", "decoder.onnx")}
+    sample = evaluation.get("sample")
+    seconds = [s["seconds"] for s in evaluation["subjects"]]
+    sample_text = (f"The bundled sample (`{sample['image']}`, the held-out subject stored as uint8 with a scale "
+                   f"factor) scores Dice {sample['dice']:.4f} (IoU {sample['iou']:.4f}) with "
+                   f"{sample['queries']:,} decoder queries ({sample['queries'] / sample['dense_queries']:.1%} of dense) "
+                   f"in {sample['seconds']:.1f} s, peak RSS {sample['peak_rss_bytes'] / 2**20:.0f} MiB."
+                   if sample else "")
+    pre = encoder.preprocess
+    return f"""# mni-wm-demo: OSS-Net C, white matter on 1 mm T1 MRI (demo model)
+
+**Not for clinical use.** This model exists so that a new user can run ossnet end to end, offline,
+on a CPU. Every training subject is a random warp of **one average brain** (the MNI ICBM152 2009a
+nonlinear symmetric template): it has never seen a real individual scan, another scanner, a
+lesion, a skull or a child's brain, and nothing here says how it does on such data.
+
+## What it does
+- Input: one T1-weighted volume (`t1`), any orientation, about 1 mm voxels (other spacings are
+  resampled to {pre['spacing_mm']} mm), skull-stripped like the template, whose foreground
+  (voxels > {pre['foreground_threshold']}) fits in {pre['shape']} voxels at 1 mm.
+- Output: uint8 labels on the input's grid, `1` = white matter (`{json.dumps(encoder.labels)}`).
+- Preprocessing (in the graphs' metadata, applied by `ossnet_deploy`): reorientation to the
+  canonical axis order, {pre['intensity']} intensity normalisation, placement into the
+  {pre['shape']} grid, a {pre['global_downsample']}x mean-pooled global volume for the encoder,
+  7^3 patches per query.
+- Architecture: OSS-Net variant C (skip encoder {encoder.model_config['encoder_channels']}, latent
+  {encoder.model_config['latent_shape']}, decoder {encoder.model_config['decoder_blocks']} blocks of width
+  {encoder.model_config['decoder_width']}, auxiliary coarse head), `demo` preset. Graphs: encoder.onnx
+  {sizes['encoder.onnx'] / 1e6:.1f} MB, decoder.onnx {sizes['decoder.onnx'] / 1e6:.1f} MB (fp32), pair id
+  `{encoder.pair_id[:16]}...`.
+
+## Training
+{_training(training)}
+
+```
+{_command(training)}
+```
+
+The weights-only checkpoint is `models/mni-wm-demo.pt` in the source repository (re-export with
+`python scripts/package_demo_model.py models/mni-wm-demo.pt --overwrite`).
+
+## Held-out results
+Whole-volume Dice and IoU over every voxel of each subject's own grid, through the shipped graphs
+(`ossnet_deploy.Segmenter`, CPU, `{evaluation['mode']}` scheduler), next to two baselines: the
+unwarped template's white-matter mask (assume every subject is the template) and 3-class Otsu
+thresholding of the T1 (brightest class = white matter).
+
+{_results(evaluation)}
+
+Lowest subject Dice {m['min_dice']:.4f}; smallest margin over Otsu {m['min_margin_over_otsu']:+.4f}. Time
+per subject (read, segment, write; 2 CPU threads): median {statistics.median(seconds):.1f} s.
+{sample_text}
+
+Source: `evaluation.json` beside this card, written by
+
+```
+{evaluation['command']}
+```
+
+on {evaluation['machine']['platform']} (Python {evaluation['machine']['python']}).
+
+## Licence and notice
+The model's training data derive from the MNI ICBM152 template; its notice travels with the model
+(`MNI_NOTICE.txt`):
+
+> {MNI_NOTICE}
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model_dir", type=Path, help="model folder holding the graphs and evaluation.json")
+    args = parser.parse_args()
+    out = args.model_dir / "MODEL_CARD.md"
+    out.write_text(card(args.model_dir))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
