@@ -318,6 +318,12 @@ class CtCase:
     liver_fraction: float
 
 
+def _clip_k(box: tuple[slice, slice, slice], k_range: tuple[int, int]) -> tuple[slice, slice, slice] | None:
+    """``box`` with its k slice clipped to ``[k_range)``; None when they do not overlap."""
+    start, stop = max(box[2].start, k_range[0]), min(box[2].stop, k_range[1])
+    return (box[0], box[1], slice(start, stop)) if start < stop else None
+
+
 #: relative body radius inside which soft tissue (not the fat rim) lies.
 _SOFT_RHO = 0.92
 
@@ -377,19 +383,27 @@ def ct_liver_case(seed: int, shape: Sequence[int] = LITS_SHAPE, liver_fraction: 
         slab = np.full(r_body.shape, -1000.0, dtype=np.float32)
         slab[r_body <= 1.0] = -100.0  # subcutaneous fat
         soft = r_body <= _SOFT_RHO
-        slab[soft] = 40.0
-        slab += np.where(soft, np.float32(15.0) * texture(i, j, k), np.float32(0.0))
+        del r_body
+        tex = texture(i, j, k)
+        slab[soft] = 40.0 + 15.0 * tex[soft]
         spine = ((i - np.float32(0.5 * x)) ** 2 + (j - np.float32(0.5 * y - 0.6 * body.axes[1])) ** 2
                  <= np.float32((0.045 * x) ** 2))
         slab[np.broadcast_to(spine, slab.shape)] = 700.0
-        lab = label[:, :, k0:k0 + slab.shape[2]]
-        in_liver = (liver.rho(i, j, k) <= 1.0) & soft
-        lab[in_liver] = 1
-        slab[in_liver] = 100.0 + 8.0 * texture(i, j, k)[np.broadcast_to(in_liver, slab.shape)]
-        for lesion in lesions:
-            hit = (lesion.rho(i, j, k) <= 1.0) & in_liver
-            lab[hit] = 2
-            slab[hit] = 50.0
+        # Liver and lesions only inside their boxes (clipped to this slab), in slab coordinates.
+        slab_range = (k0, k0 + slab.shape[2])
+        box = _clip_k(liver.box(shape3), slab_range)
+        if box is not None:
+            local = (box[0], box[1], slice(box[2].start - k0, box[2].stop - k0))
+            in_liver = (liver.rho(*_grid(box)) <= 1.0) & soft[local]
+            lab = label[:, :, k0:k0 + slab.shape[2]][local]
+            lab[in_liver] = 1
+            part = slab[local]
+            part[in_liver] = 100.0 + 8.0 * tex[local][in_liver]
+            for lesion in lesions:
+                hit = (lesion.rho(*_grid(box)) <= 1.0) & in_liver
+                lab[hit] = 2
+                part[hit] = 50.0
+        del tex, soft
         slab += rng.standard_normal(slab.shape, dtype=np.float32) * np.float32(noise_hu)
         hu[:, :, k0:k0 + slab.shape[2]] = np.clip(np.rint(slab), -1024, 3071).astype(np.int16)
     affine = np.diag([float(spacing[0]), float(spacing[1]), float(spacing[2]), 1.0])
