@@ -42,6 +42,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -315,7 +316,7 @@ def measure_workload(workload: Workload, programs: Sequence[str], args: argparse
     for p in skipped:
         print(f"[{workload.name}] {p}: model files missing, skipped", flush=True)
     entry: dict[str, Any] = {"workload": workload.__dict__, "skipped": skipped, "runs": {p: [] for p in active},
-                             "dice_vs_dense": {}, "dice_vs_truth": {}, "dense": None}
+                             "dice_vs_dense": {}, "dice_vs_truth": {}, "dense": None, "errors": []}
     truth = _truth(workload)
     with tempfile.TemporaryDirectory() as tmp:
         dense_labels = None
@@ -332,7 +333,14 @@ def measure_workload(workload: Workload, programs: Sequence[str], args: argparse
                 kind, spec = specs[program]  # type: ignore[misc]
                 labels_out = os.path.join(tmp, f"{program}.npy") if repeat == 0 and kind in ("ossnet", "torch") else None
                 print(f"[{workload.name}] repeat {repeat + 1}/{args.repeats}: {program}", flush=True)
-                run = _run(kind, {**spec, "labels_out": labels_out}, args)
+                try:
+                    run = _run(kind, {**spec, "labels_out": labels_out}, args)
+                except (RuntimeError, subprocess.TimeoutExpired) as exc:
+                    # One failed process (e.g. out of memory) must not lose the rest of a long run.
+                    print(f"[{workload.name}] {program} failed: {str(exc)[-600:]}", file=sys.stderr, flush=True)
+                    entry["errors"].append({"program": program, "repeat": repeat, "error": str(exc)[-4000:]})
+                    continue
+                run["repeat"] = repeat
                 entry["runs"][program].append(run)
                 if labels_out:
                     labels = np.load(labels_out)
@@ -340,6 +348,9 @@ def measure_workload(workload: Workload, programs: Sequence[str], args: argparse
                         entry["dice_vs_dense"][program] = _dice_files(labels, dense_labels)
                     if truth is not None:
                         entry["dice_vs_truth"][program] = _dice_files(labels, truth)
+    entry["failed"] = [p for p, runs in entry["runs"].items() if not runs]
+    for program in entry["failed"]:
+        del entry["runs"][program]
     return entry
 
 
@@ -437,7 +448,9 @@ def _targets(entries: dict[str, dict[str, Any]]) -> list[list[object]]:
         rows.append(["(a) adaptive: Dice(adaptive, dense) >= Dice(reference, dense), queries <= reference's",
                      measured, verdict(ok)])
     for name, entry in entries.items():
-        ratio = entry["ratios"].get("ossnet-torch", {}).get("time_other_over_ossnet")
+        if "ossnet-torch" not in entry["ratios"]:
+            continue
+        ratio = entry["ratios"]["ossnet-torch"]["time_other_over_ossnet"]
         rows.append([f"({name}) ORT >= 1.3x faster than PyTorch eager, same scheduler",
                      f"{_fmt(ratio)}x (median of per-repeat eager/ORT)", verdict(None if ratio is None else ratio >= 1.3)])
     for name, entry in entries.items():
@@ -486,11 +499,18 @@ def _peers_markdown(entries: dict[str, dict[str, Any]], env: dict[str, Any]) -> 
                          f"{s['queries']:,}" if s["queries"] else "n/a",
                          _fmt(entry["dice_vs_dense"].get(program), ".4f"), _stage_text(s["stage_seconds"])])
         for program in entry["skipped"]:
-            rows.append([name, program, "skipped (model files missing)", "", "", "", "", "", ""])
+            rows.append([name, program, "skipped: model files missing", "", "", "", "", "", ""])
+        for program in entry.get("failed", []):
+            rows.append([name, program, "failed: see Failed runs", "", "", "", "", "", ""])
     parts += ["## Programs (medians)", "",
               "seconds: read to labels in memory; process: interpreter start to exit (imports, model load).", "",
               table(["workload", "program", "seconds", "process s", "peak GB", "call peak GB", "queries / voxels",
                      "Dice vs dense", "stages (s)"], rows), ""]
+    errors = [[name, e["program"], e["repeat"] + 1, e["error"].strip().splitlines()[-1][:200]]
+              for name, entry in entries.items() for e in entry.get("errors", [])]
+    if errors:
+        parts += ["## Failed runs (left out of the medians)", "",
+                  table(["workload", "program", "repeat", "error (last line)"], errors), ""]
     rows = []
     for name, entry in entries.items():
         for program, r in entry["ratios"].items():

@@ -133,9 +133,17 @@ def median(values: Sequence[float | None]) -> float | None:
 
 def median_ratio(numerator: Sequence[Mapping[str, Any]], denominator: Sequence[Mapping[str, Any]],
                  key: str) -> float | None:
-    """Median over repeats ``r`` of ``numerator[r][key] / denominator[r][key]`` (pairs of one repeat)."""
-    ratios = [a[key] / b[key] for a, b in zip(numerator, denominator, strict=False)
-              if a.get(key) is not None and b.get(key)]
+    """Median over repeats ``r`` of ``numerator[r][key] / denominator[r][key]``.
+
+    Runs are paired by their ``repeat`` field when they have one (a failed run then drops only
+    its own pair), else by position.
+    """
+    def by_repeat(runs: Sequence[Mapping[str, Any]]) -> dict[Any, Mapping[str, Any]]:
+        return {r.get("repeat", n): r for n, r in enumerate(runs)}
+
+    top, bottom = by_repeat(numerator), by_repeat(denominator)
+    pairs = [(top[r], bottom[r]) for r in top if r in bottom]
+    ratios = [a[key] / b[key] for a, b in pairs if a.get(key) is not None and b.get(key)]
     return statistics.median(ratios) if ratios else None
 
 
