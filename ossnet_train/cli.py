@@ -144,6 +144,9 @@ def main() -> None:
                    "Repeatable.")
 @click.option("--preprocess-override", "preprocess_overrides", multiple=True, metavar="KEY=VALUE",
               help="Replace a preprocessing setting (e.g. shape=[32,32,32], max_shift=0). Repeatable.")
+@click.option("--augment-override", "augment_overrides", multiple=True, metavar="KEY=VALUE",
+              help="Replace an augmentation setting: flip_axes=[0], flip_p, brightness (fraction of the channel "
+                   "maximum), brightness_p, noise_sigma (normalised units), noise_p; e.g. brightness=0. Repeatable.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Run folder: config.json, metrics.jsonl, last.pt, best.pt.")
 @click.option("--steps", type=click.IntRange(min=1), default=2000, show_default=True,
@@ -207,6 +210,7 @@ def fit_command(**options: Any) -> None:
     _setup_logging(options.pop("verbose"))
     options["model_overrides"] = _overrides("--model-override", options["model_overrides"])
     options["preprocess_overrides"] = _overrides("--preprocess-override", options["preprocess_overrides"])
+    options["augment_overrides"] = _overrides("--augment-override", options["augment_overrides"])
     options["crop"] = _triple("--crop", options["crop"])
     options["lr_milestones"] = _fractions("--lr-milestones", options["lr_milestones"])
     for key in ("data", "out"):

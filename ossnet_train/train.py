@@ -145,6 +145,7 @@ class TrainConfig:
     sampling: str = "uniform"
     border_balance: float = 0.5
     augment: bool = True
+    augment_overrides: tuple[tuple[str, Any], ...] = ()
     crop: tuple[int, int, int] = (128, 128, 128)
     slices: int = 8
     seed: int = 0
@@ -362,8 +363,35 @@ def _model_config(cfg: TrainConfig, preprocess: PreprocessConfig) -> Any:
         raise InputError(describe(None, "invalid model settings", found=str(exc))) from None
 
 
+def _augment_config(cfg: TrainConfig, preprocess: PreprocessConfig) -> AugmentConfig:
+    """The paper's augmentation with the preset's flip axes, then ``--augment-override`` values.
+
+    Raises:
+        InputError: an unknown key or a value of the wrong kind (the message lists the keys).
+    """
+    values: dict[str, Any] = {"flip_axes": tuple(preprocess.flip_axes)}
+    known = {f.name: f.type for f in dataclasses.fields(AugmentConfig)}
+    for key, value in cfg.augment_overrides:
+        if key not in known:
+            raise InputError(describe(None, f"unknown --augment-override key {key!r}",
+                                      expected=" | ".join(known), found=repr(key)))
+        if key == "flip_axes":
+            if not (isinstance(value, list) and all(isinstance(a, int) and 0 <= a <= 2 for a in value)):
+                raise InputError(describe(None, "invalid --augment-override flip_axes",
+                                          expected="a list of axes 0-2, e.g. [0]", found=repr(value)))
+            value = tuple(value)
+        elif isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value >= 0):
+            raise InputError(describe(None, f"invalid --augment-override {key}", expected="a number >= 0",
+                                      found=repr(value)))
+        elif key.endswith("_p") and value > 1:
+            raise InputError(describe(None, f"invalid --augment-override {key}", expected="a probability in [0, 1]",
+                                      found=repr(value)))
+        values[key] = value if key == "flip_axes" else float(value)
+    return AugmentConfig(**values)
+
+
 def _sample_config(cfg: TrainConfig, model_cfg: Any, preprocess: PreprocessConfig, points: int) -> SampleConfig:
-    augment = AugmentConfig(flip_axes=preprocess.flip_axes) if cfg.augment else None
+    augment = _augment_config(cfg, preprocess) if cfg.augment else None
     if cfg.arch == "ossnet":
         return SampleConfig(
             architecture="ossnet", points=points, sampling=cfg.sampling, border_balance=cfg.border_balance,
@@ -640,6 +668,10 @@ def _prepare_run_dir(cfg: TrainConfig) -> Path:
 
 def _check_resumable(saved: dict[str, Any], cfg: TrainConfig, path: Path) -> None:
     now = cfg.to_dict()
+    # Options added after a run started are absent from its checkpoint: it ran with their defaults.
+    defaults = json.loads(json.dumps({f.name: f.default for f in dataclasses.fields(TrainConfig)
+                                      if f.default is not dataclasses.MISSING}))
+    saved = {**defaults, **saved}
     changed = sorted(k for k in now if k not in _RESUMABLE_CHANGES and saved.get(k) != now[k])
     if changed:
         detail = "; ".join(f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in changed)
@@ -663,6 +695,8 @@ def fit(cfg: TrainConfig, *, log: Callable[[str], None] | None = None) -> FitRes
     """
     say = log or logger.info
     _check_config(cfg)
+    if cfg.augment:
+        _augment_config(cfg, _preprocess_config(cfg))  # bad overrides fail before any data is read
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)

@@ -293,3 +293,14 @@ def test_init_from_refuses_another_model_config(tmp_path: Path) -> None:
     with pytest.raises(ModelFormatError, match="decoder_width"):
         fit(tiny_config(tmp_path / "data", tmp_path / "second", steps=1, model_overrides=other,
                         init_from=str(tmp_path / "first" / "last.pt")))
+
+
+def test_augment_overrides_reach_the_samples_and_are_checked(tmp_path: Path) -> None:
+    config = tiny_config(tmp_path / "data", tmp_path / "run", augment_overrides=(("brightness", 0),
+                                                                                 ("noise_p", 1.0)))
+    preprocess = _preprocess_config(config)
+    sample = _sample_config(config, _model_config(config, preprocess), preprocess, 64)
+    assert sample.augment == AugmentConfig(flip_axes=tuple(preprocess.flip_axes), brightness=0.0, noise_p=1.0)
+    for bad in ((("brightnes", 0.1),), (("noise_p", 2.0),), (("flip_axes", [3]),), (("noise_sigma", "x"),)):
+        with pytest.raises(InputError, match="--augment-override"):
+            fit(tiny_config(tmp_path / "data", tmp_path / "bad", augment_overrides=bad))
