@@ -1,16 +1,15 @@
 #!/usr/bin/env bash
-# The main job on a fresh machine, end to end.
+# Train, export and deploy, end to end, in about two minutes on a CPU (the main job, segmenting
+# with the bundled model, is scripts/demo.sh).
 #
-# The bundled default model (MNI white matter) is not trained yet (see README "Status"), so
-# this runs the smallest true end-to-end pipeline instead: install ossnet with training and
-# export, write a small synthetic dataset (bright ellipsoids of random size and position in
+# Installs ossnet with training and export, writes a small synthetic dataset (bright ellipsoids of random size and position in
 # noise), train OSS-Net C at a reduced size for 130 steps on the CPU, export it to verified
 # ONNX graphs, and segment an unseen volume with the torch-free runtime (`ossnet-segment`),
 # writing the NIfTI segmentation and its PNG preview and printing the Dice against the truth.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-$(command -v python3.11 || command -v python3)}"
-VENV="${OSSNET_DEMO_VENV:-.venv-demo}"
+VENV="${OSSNET_TRAIN_DEMO_VENV:-.venv-train-demo}"
 WORK="outputs/synthetic-demo"
 PIP=(-q --disable-pip-version-check)
 

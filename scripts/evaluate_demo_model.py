@@ -140,6 +140,7 @@ def _training_facts(config_path: Path) -> dict[str, object]:
         "steps": steps[-1]["step"] if steps else 0,
         "step_seconds_total": sum(r["step_seconds"] for r in steps),
         "validation_seconds_total": sum(r["seconds"] for r in vals),
+        "best_step": vals[-1]["best_step"] if vals else None,
         "validation": [{"step": r["step"], "dice": r["dice"],
                         "subjects": {s["case_id"]: s["dice"] for s in r["subjects"]}} for r in vals],
     }
