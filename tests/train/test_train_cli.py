@@ -51,6 +51,7 @@ def test_help_lists_every_subcommand_and_fit_option() -> None:
     fit_options = _option_names("fit")
     # Every training setting is reachable from the command line ...
     renamed = {"model_overrides": "--model-override", "preprocess_overrides": "--preprocess-override",
+               "augment_overrides": "--augment-override",
                "unet_channels": "--model-override", "augment": "--augment"}
     for f in dataclasses.fields(TrainConfig):
         option = renamed.get(f.name, "--" + f.name.replace("_", "-"))
