@@ -46,7 +46,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -188,6 +188,28 @@ def _read_normalised(spec: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, floa
     return data, padding_values(stats, config), read
 
 
+def _dense_run(spec: dict[str, Any], infer: Callable[[np.ndarray, np.ndarray], Any]) -> dict[str, Any]:
+    """Time and peak memory of one dense program: read + normalise, ``infer``, threshold at logit 0.
+
+    ``infer(data, pads)`` gets the normalised ``(C, X, Y, Z)`` float32 volume and the per-channel
+    padding values and returns the ``(X, Y, Z)`` logits as a torch tensor.
+    """
+    meter = PeakMeter()
+    t0 = time.perf_counter()
+    data, pads, read = _read_normalised(spec)
+    t_norm = time.perf_counter()
+    logits = infer(data, pads)
+    del data
+    t_infer = time.perf_counter()
+    labels = (logits > 0).numpy().astype(np.uint8)
+    del logits
+    t_done = time.perf_counter()
+    peaks = meter.finish()
+    return {"seconds": t_done - t0, "stage_seconds": [["read", read], ["normalise", t_norm - t0 - read],
+                                                      ["infer", t_infer - t_norm], ["threshold", t_done - t_infer]],
+            "queries": int(labels.size), **peaks}
+
+
 def _worker_unet(spec: dict[str, Any]) -> dict[str, Any]:
     """Our 3D residual U-Net (random weights) through ossnet_train.sliding_window."""
     started = time.perf_counter()
@@ -203,22 +225,13 @@ def _worker_unet(spec: dict[str, Any]) -> dict[str, Any]:
     channels = len(preprocess_preset(spec["preset"]).channels)
     model = build_unet(UNetConfig(in_channels=channels, channels=UNET_CHANNELS)).eval()
     loaded = _since(started)
-    meter = PeakMeter()
-    t0 = time.perf_counter()
-    data, pads, read = _read_normalised(spec)
-    t_norm = time.perf_counter()
-    logits = sliding_window_logits(model, torch.from_numpy(data), roi=(spec["roi"],) * 3, overlap=spec["overlap"],
-                                   batch=1, blend=spec["blend"], pad_value=[float(v) for v in pads])
-    del data
-    t_infer = time.perf_counter()
-    labels = (logits[0] > 0).numpy().astype(np.uint8)
-    del logits
-    t_done = time.perf_counter()
-    peaks = meter.finish()
-    return {"seconds": t_done - t0, "stage_seconds": [["read", read], ["normalise", t_norm - t0 - read],
-                                                      ["infer", t_infer - t_norm], ["threshold", t_done - t_infer]],
-            "queries": int(labels.size), "import_seconds": imported, "load_seconds": loaded - imported,
-            "torch": torch.__version__, **peaks}
+
+    def infer(data: np.ndarray, pads: np.ndarray) -> Any:
+        return sliding_window_logits(model, torch.from_numpy(data), roi=(spec["roi"],) * 3, overlap=spec["overlap"],
+                                     batch=1, blend=spec["blend"], pad_value=[float(v) for v in pads])[0]
+
+    return {**_dense_run(spec, infer), "import_seconds": imported, "load_seconds": loaded - imported,
+            "torch": torch.__version__}
 
 
 def _worker_monai(spec: dict[str, Any]) -> dict[str, Any]:
@@ -238,23 +251,15 @@ def _worker_monai(spec: dict[str, Any]) -> dict[str, Any]:
     net = UNet(spatial_dims=3, in_channels=channels, out_channels=1, channels=UNET_CHANNELS,
                strides=(2, 2, 2, 2), num_res_units=2).eval()
     loaded = _since(started)
-    meter = PeakMeter()
-    t0 = time.perf_counter()
-    data, _, read = _read_normalised(spec)
-    t_norm = time.perf_counter()
-    with torch.no_grad():
-        logits = sliding_window_inference(torch.from_numpy(data)[None], roi_size=(spec["roi"],) * 3,
-                                          sw_batch_size=1, predictor=net, overlap=spec["overlap"])
-    del data
-    t_infer = time.perf_counter()
-    labels = (torch.as_tensor(logits)[0, 0] > 0).numpy().astype(np.uint8)
-    del logits
-    t_done = time.perf_counter()
-    peaks = meter.finish()
-    return {"seconds": t_done - t0, "stage_seconds": [["read", read], ["normalise", t_norm - t0 - read],
-                                                      ["infer", t_infer - t_norm], ["threshold", t_done - t_infer]],
-            "queries": int(labels.size), "import_seconds": imported, "load_seconds": loaded - imported,
-            "torch": torch.__version__, "monai": monai.__version__, **peaks}
+
+    def infer(data: np.ndarray, pads: np.ndarray) -> Any:
+        with torch.no_grad():
+            logits = sliding_window_inference(torch.from_numpy(data)[None], roi_size=(spec["roi"],) * 3,
+                                              sw_batch_size=1, predictor=net, overlap=spec["overlap"])
+        return torch.as_tensor(logits)[0, 0]
+
+    return {**_dense_run(spec, infer), "import_seconds": imported, "load_seconds": loaded - imported,
+            "torch": torch.__version__, "monai": monai.__version__}
 
 
 WORKERS = {"ossnet": _worker_ossnet, "torch": _worker_torch, "unet": _worker_unet, "monai": _worker_monai}

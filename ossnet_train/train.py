@@ -370,7 +370,7 @@ def _augment_config(cfg: TrainConfig, preprocess: PreprocessConfig) -> AugmentCo
         InputError: an unknown key or a value of the wrong kind (the message lists the keys).
     """
     values: dict[str, Any] = {"flip_axes": tuple(preprocess.flip_axes)}
-    known = {f.name: f.type for f in dataclasses.fields(AugmentConfig)}
+    known = [f.name for f in dataclasses.fields(AugmentConfig)]
     for key, value in cfg.augment_overrides:
         if key not in known:
             raise InputError(describe(None, f"unknown --augment-override key {key!r}",
@@ -379,14 +379,15 @@ def _augment_config(cfg: TrainConfig, preprocess: PreprocessConfig) -> AugmentCo
             if not (isinstance(value, list) and all(isinstance(a, int) and 0 <= a <= 2 for a in value)):
                 raise InputError(describe(None, "invalid --augment-override flip_axes",
                                           expected="a list of axes 0-2, e.g. [0]", found=repr(value)))
-            value = tuple(value)
-        elif isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value >= 0):
+            values[key] = tuple(value)
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value >= 0):
             raise InputError(describe(None, f"invalid --augment-override {key}", expected="a number >= 0",
                                       found=repr(value)))
-        elif key.endswith("_p") and value > 1:
+        if key.endswith("_p") and value > 1:
             raise InputError(describe(None, f"invalid --augment-override {key}", expected="a probability in [0, 1]",
                                       found=repr(value)))
-        values[key] = value if key == "flip_axes" else float(value)
+        values[key] = float(value)
     return AugmentConfig(**values)
 
 
