@@ -230,9 +230,12 @@ def fit_command(**options: Any) -> None:
 @click.option("--seed-start", type=click.IntRange(min=0), default=1000, show_default=True,
               help="Seed of the first subject (subjects use consecutive seeds).")
 @click.option("--overwrite", is_flag=True, help="Replace existing files.")
+@click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Subjects generated in parallel processes (the output does not depend on it).")
 @verbose_option
 @_handle_errors
-def make_demo_data_command(out: Path, subjects: int, seed_start: int, overwrite: bool, verbose: bool) -> None:
+def make_demo_data_command(out: Path, subjects: int, seed_start: int, overwrite: bool, jobs: int,
+                           verbose: bool) -> None:
     """Write the demo cohort (random warps of the MNI template, white-matter labels) to OUT."""
     from tqdm import tqdm
 
@@ -240,7 +243,7 @@ def make_demo_data_command(out: Path, subjects: int, seed_start: int, overwrite:
 
     _setup_logging(verbose, logging.WARNING)  # the progress bar reports each subject
     with tqdm(total=subjects, desc="subjects", unit="subject") as bar:
-        written = make_demo_cohort(out, subjects, seed_start, overwrite=overwrite,
+        written = make_demo_cohort(out, subjects, seed_start, overwrite=overwrite, jobs=jobs,
                                    progress=lambda done, total: bar.update(done - bar.n))
     click.echo(f"wrote {len(written)} subjects to {out}")
 

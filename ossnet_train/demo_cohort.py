@@ -46,6 +46,7 @@ import math
 import os
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -358,6 +359,8 @@ def make_demo_subject(seed: int, params: DemoParams | None = None) -> DemoSubjec
     Args:
         seed: a non-negative integer; the case id is :func:`case_id` of it.
         params: the model's ranges (default :class:`DemoParams`).
+        jobs: subjects generated at once, each in its own process (every subject depends only on
+            its seed, so the output is the same for any ``jobs``).
 
     Returns:
         The :class:`DemoSubject` on the template's grid (image exactly as stored).
@@ -468,6 +471,15 @@ def write_subject(subject: DemoSubject, out_dir: str | os.PathLike[str], *, over
     return paths
 
 
+def _make_and_write(seed: int, params: DemoParams, root: Path, overwrite: bool) -> dict[str, object]:
+    """Generate and write one subject; its ``dataset.json`` record."""
+    started = time.perf_counter()
+    subject = make_demo_subject(seed, params)
+    write_subject(subject, root, overwrite=overwrite)
+    logger.info("demo subject %s written in %.1f s", subject.case_id, time.perf_counter() - started)
+    return {"case": subject.case_id, "seed": seed, "image_slope": subject.slope, "drawn": subject.drawn}
+
+
 def make_demo_cohort(
     out_dir: str | os.PathLike[str],
     n_subjects: int,
@@ -476,6 +488,7 @@ def make_demo_cohort(
     overwrite: bool = False,
     progress: Callable[[int, int], None] | None = None,
     params: DemoParams | None = None,
+    jobs: int = 1,
 ) -> list[str]:
     """Write a demo cohort in the nnU-Net layout.
 
@@ -492,6 +505,8 @@ def make_demo_cohort(
             anything is generated.
         progress: called as ``progress(done, total)`` after each subject.
         params: the model's ranges (default :class:`DemoParams`).
+        jobs: subjects generated at once, each in its own process (every subject depends only on
+            its seed, so the output is the same for any ``jobs``).
 
     Returns:
         The case ids written, in seed order.
@@ -519,15 +534,22 @@ def make_demo_cohort(
                          fix="pass overwrite=True / --overwrite, or choose another folder")
             )
     tpl = load_template()  # fail on a missing nilearn before creating folders
-    subjects = []
-    for done, s in enumerate(seeds, start=1):
-        started = time.perf_counter()
-        subject = make_demo_subject(s, p)
-        write_subject(subject, root, overwrite=overwrite)
-        subjects.append({"case": subject.case_id, "seed": s, "image_slope": subject.slope, "drawn": subject.drawn})
-        logger.info("demo subject %s written in %.1f s", subject.case_id, time.perf_counter() - started)
-        if progress is not None:
-            progress(done, len(seeds))
+    if int(jobs) != jobs or jobs < 1:
+        raise InputError(describe(None, "invalid number of jobs", expected="an integer >= 1", found=repr(jobs)))
+    subjects: list[dict[str, object]] = []
+    if jobs == 1:
+        for done, s in enumerate(seeds, start=1):
+            subjects.append(_make_and_write(s, p, root, overwrite))
+            if progress is not None:
+                progress(done, len(seeds))
+    else:
+        with ProcessPoolExecutor(max_workers=min(int(jobs), len(seeds))) as pool:
+            futures = [pool.submit(_make_and_write, s, p, root, overwrite) for s in seeds]
+            for done, future in enumerate(as_completed(futures), start=1):
+                future.result()  # re-raise a worker's error here
+                if progress is not None:
+                    progress(done, len(seeds))
+            subjects = [f.result() for f in futures]  # seed order
     meta = {
         "name": "ossnet-mni-wm-demo",
         "description": "Random warps of the MNI ICBM152 2009a template (one average brain); "

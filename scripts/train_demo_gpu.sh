@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Train the demo model (OSS-Net C, `demo` preset, white matter) on one CUDA GPU in a fixed
+# wall-clock budget. This is how the bundled model ossnet_deploy/models/mni-wm-demo was trained.
+#
+#   TRAIN_MINUTES=19 bash scripts/train_demo_gpu.sh [RUN_DIR]      (default runs/mni-wm-demo-gpu)
+#
+# 1. Writes the demo cohort unless it exists: 16 training subjects (seeds 1000-1015) in
+#    data/demo-train, 4 validation subjects (2000-2003) in data/demo-val, one process per core.
+#    The held-out subjects (3000-3005, data/demo-test) are never read here.
+# 2. Measures the step rate with a short probe run (RUN_DIR-probe, discarded).
+# 3. Trains for as many steps as fit in TRAIN_MINUTES. The LR schedule and the BatchNorm freeze are
+#    fractions of the step count, so the count is fixed before the run starts; the run's own
+#    config.json records it.
+# Needs the `train` extra (torch with CUDA, nibabel, nilearn's template files).
+set -euo pipefail
+
+PY=${PYTHON:-python3}
+RUN=${1:-runs/mni-wm-demo-gpu}
+MINUTES=${TRAIN_MINUTES:-19}
+CORES=$(nproc)
+JOBS=${JOBS:-$CORES}
+# The GPU step is short; the CPU workers that cut patches set the pace.
+WORKERS=${WORKERS:-$(( CORES > 3 ? CORES - 2 : 1 ))}
+PROBE_STEPS=${PROBE_STEPS:-90}
+
+train() { "$PY" -m ossnet_train.cli "$@"; }
+
+[ -d data/demo-train ] || train make-demo-data data/demo-train --subjects 16 --seed-start 1000 --jobs "$JOBS"
+[ -d data/demo-val ] || train make-demo-data data/demo-val --subjects 4 --seed-start 2000 --jobs "$JOBS"
+
+COMMON=(--data-kind demo --data data/demo-train --variant c --preset demo
+        --points 16384 --batch 8 --sampling border --augment-override brightness=0
+        --lr-milestones 0.6,0.85 --freeze-bn-after 0.35 --workers "$WORKERS" --seed 0 --device "${DEVICE:-cuda}"
+        ${AMP_FLAG:---no-amp})
+
+rm -rf "$RUN-probe"
+train fit "${COMMON[@]}" --out "$RUN-probe" --steps 100000 --stop-after "$PROBE_STEPS" --val-every 0 \
+    --checkpoint-every 100000
+STEPS=$("$PY" - "$RUN-probe/metrics.jsonl" "$MINUTES" "$PROBE_STEPS" <<'EOF'
+import json
+import statistics
+import sys
+
+rows = [json.loads(line) for line in open(sys.argv[1])]
+# The first steps drain batches the workers prepared while the model was built: skip them.
+late = [r["step_seconds"] for r in rows if r.get("kind") == "train" and r["step"] > int(sys.argv[3]) // 2]
+seconds = statistics.median(late)
+# 10 % of the budget goes to validation, checkpoints and the workers' start.
+steps = int(float(sys.argv[2]) * 60 * 0.90 / seconds)
+print(f"probe: median {seconds:.3f} s/step over {len(late)} steps -> {steps} steps", file=sys.stderr)
+print(steps)
+EOF
+)
+rm -rf "$RUN-probe"
+
+train fit "${COMMON[@]}" --val-data data/demo-val --out "$RUN" --steps "$STEPS" \
+    --val-every $(( STEPS / 6 )) --checkpoint-every 100
