@@ -12,7 +12,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from ossnet_deploy.errors import DependencyError, OutputExistsError
+from ossnet_deploy.errors import DependencyError, InputError, OutputExistsError
 from ossnet_deploy.morphology import max_filter
 from ossnet_train import demo_cohort
 from ossnet_train.datasets import make_dataset
@@ -125,6 +125,22 @@ def test_same_seed_same_bytes_other_seed_differs(cohort: Path, subject: DemoSubj
     assert other.drawn != subject.drawn
     assert not np.array_equal(other.label, subject.label)
     assert np.abs(other.image - subject.image).mean() > 0.01
+
+
+def test_parallel_jobs_write_the_same_cohort(cohort: Path, tmp_path: Path) -> None:
+    # Seeds SEED and SEED + 1 in two processes: the same files as one process writes, and a
+    # dataset.json that lists the subjects in seed order.
+    calls: list[tuple[int, int]] = []
+    out = tmp_path / "parallel"
+    assert make_demo_cohort(out, 2, SEED, jobs=2, progress=lambda done, total: calls.append((done, total))) == [
+        "demo_0005", "demo_0006"]
+    assert calls == [(1, 2), (2, 2)]
+    for name in ("imagesTr/demo_0005_0000.nii.gz", "labelsTr/demo_0005.nii.gz"):
+        assert (out / name).read_bytes() == (cohort / name).read_bytes(), name
+    meta = json.loads((out / "dataset.json").read_text())
+    assert [s["seed"] for s in meta["subjects"]] == [SEED, SEED + 1]
+    with pytest.raises(InputError, match="invalid number of jobs"):
+        make_demo_cohort(tmp_path / "bad", 1, SEED, jobs=0)
 
 
 def test_existing_outputs_are_refused_without_overwrite(cohort: Path) -> None:
