@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shlex
 import statistics
 import sys
 import time
@@ -48,11 +49,18 @@ def main() -> None:
     parser.add_argument("--run-config", type=Path, default=None,
                         help="the training run's config.json: its case lists, options and timing go into the JSON, "
                              "and every evaluated subject is checked to be outside them")
+    parser.add_argument("--hardware", default=None,
+                        help="what the run trained on, for the card (default: from config.json's device and threads)")
+    parser.add_argument("--run-note", default=None,
+                        help="a sentence for the card on how the run ended (e.g. why it stopped early)")
     parser.add_argument("--sample", type=Path, nargs=2, metavar=("IMAGE", "LABEL"), default=None,
                         help="also score the bundled sample (examples/...) against its label")
     args = parser.parse_args()
 
     training = _training_facts(args.run_config) if args.run_config else None
+    if training is not None:
+        training["hardware"] = args.hardware or _hardware(training)
+        training["note"] = args.run_note
     seen = set(training["train_cases"] + training["val_cases"]) if training else set()
 
     segmenter = Segmenter.from_dir(args.model, device="cpu", mode=args.mode, threads=args.threads)
@@ -116,7 +124,7 @@ def main() -> None:
         "decoder_sha256": sha256_file(args.model / "decoder.onnx"),
         "mode": args.mode,
         "device": "cpu",
-        "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
+        "command": shlex.join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
         "machine": {"platform": platform.platform(), "processor": platform.processor(), "python": platform.python_version()},
         "summary": summary,
         "subjects": subjects,
@@ -128,6 +136,12 @@ def main() -> None:
     print(json.dumps(summary, indent=2))
 
 
+def _hardware(training: dict[str, object]) -> str:
+    if str(training["device"]).startswith("cuda"):
+        return f"one CUDA GPU, {training['options']['workers']} data-loader workers"  # type: ignore[index]
+    return f"{training['threads']} CPU threads"
+
+
 def _training_facts(config_path: Path) -> dict[str, object]:
     """What the model card states about training, from the run's ``config.json`` and ``metrics.jsonl``."""
     config = json.loads(config_path.read_text())
@@ -137,6 +151,7 @@ def _training_facts(config_path: Path) -> dict[str, object]:
     return {
         "train_cases": list(config["train_cases"]), "val_cases": list(config["val_cases"]),
         "options": config["train"], "plan": config["plan"], "torch": config["torch"], "threads": config["threads"],
+        "device": config.get("device", "cpu"),
         "steps": steps[-1]["step"] if steps else 0,
         "step_seconds_total": sum(r["step_seconds"] for r in steps),
         "validation_seconds_total": sum(r["seconds"] for r in vals),

@@ -44,7 +44,7 @@ def _training(training: dict[str, Any]) -> str:
     o = training["options"]
     hours = (training["step_seconds_total"] + training["validation_seconds_total"]) / 60
     plan = training["plan"]
-    stopped = (f" (stopped there; the run was set up for {o['steps']}, so its LR schedule was not completed)"
+    stopped = (f" (the run ended there; it was set up for {o['steps']}, so its LR schedule was not completed)"
                if training["steps"] < o["steps"] else "")
     lines = [
         f"- Data: {len(training['train_cases'])} training subjects ({training['train_cases'][0]} ... "
@@ -55,8 +55,11 @@ def _training(training: dict[str, Any]) -> str:
         f"{', '.join(str(f) for f in o['lr_milestones'])} of the run; BatchNorm frozen to its running "
         f"statistics (as the exported graphs use them) from {o['freeze_bn_after']} of the run; seed {o['seed']}.",
         f"- Time: {hours:.0f} minutes of training and validation ({training['step_seconds_total'] / 60:.0f} min of "
-        f"steps) on {training['threads']} CPU threads of a shared 2-core machine, torch {training['torch']}.",
+        f"steps) on {training.get('hardware') or str(training['threads']) + ' CPU threads'}, torch {training['torch']}"
+        f"{', fp32' if str(training.get('device', 'cpu')).startswith('cuda') and not o.get('amp', True) else ''}.",
     ]
+    if training.get("note"):
+        lines.append(f"- {training['note']}")
     if training.get("best_step") is not None:
         lines.append(f"- Shipped weights: the run's best validation checkpoint (`best.pt`, step {training['best_step']}).")
     if training["validation"]:
@@ -71,7 +74,8 @@ def _command(training: dict[str, Any]) -> str:
              f"--variant {o['variant']} --preset {o['preset']} --out {o['out']}",
              f"--steps {o['steps']} --points {o['points']} --batch {o['batch']} --sampling {o['sampling']}",
              f"--lr-milestones {','.join(str(f) for f in o['lr_milestones'])} --freeze-bn-after {o['freeze_bn_after']}",
-             f"--val-every {o['val_every']} --threads {o['threads']} --workers {o['workers']} --seed {o['seed']}"]
+             f"--val-every {o['val_every']} --threads {o['threads']} --workers {o['workers']} --seed {o['seed']}"
+             f" --device {o.get('device', 'auto')}{'' if o.get('amp', True) else ' --no-amp'}"]
     extra = [f"--augment-override {k}={json.dumps(v)}" for k, v in o.get("augment_overrides") or []]
     if o.get("init_from"):
         extra.append(f"--init-from {o['init_from']}")
