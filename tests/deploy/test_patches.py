@@ -77,6 +77,19 @@ def test_many_queries_match_one_by_one_and_fill_out(grid) -> None:
     np.testing.assert_array_equal(extract_patches(fortran, pads, idx[:50], large=True), out[:50])
 
 
+@pytest.mark.parametrize("shape", [SHAPE, (7, 30, 7), (6, 9, 9)])
+def test_every_query_matches_the_padded_reference(shape: tuple[int, int, int]) -> None:
+    # The fast path reads whole windows from a strided view and redoes border windows; a side
+    # of exactly 7 has one interior centre per axis, a side below 7 none (the flat-index path).
+    rng = np.random.default_rng(11)
+    padded = rng.standard_normal((2, *shape)).astype(np.float32)
+    pads = np.array([3.25, -0.5], dtype=np.float32)
+    idx = np.stack([rng.integers(0, s, 1500) for s in shape], axis=1)
+    patches = extract_patches(padded, pads, idx, large=False)
+    for n, centre in enumerate(idx):
+        np.testing.assert_array_equal(patches[n], _reference_window(padded, pads, centre, -3, 3))
+
+
 def test_patch_windows() -> None:
     np.testing.assert_array_equal(patch_windows(7, large=False), np.arange(-3, 4))
     np.testing.assert_array_equal(patch_windows(7, large=True), np.arange(-7, 7))
