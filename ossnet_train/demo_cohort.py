@@ -359,8 +359,6 @@ def make_demo_subject(seed: int, params: DemoParams | None = None) -> DemoSubjec
     Args:
         seed: a non-negative integer; the case id is :func:`case_id` of it.
         params: the model's ranges (default :class:`DemoParams`).
-        jobs: subjects generated at once, each in its own process (every subject depends only on
-            its seed, so the output is the same for any ``jobs``).
 
     Returns:
         The :class:`DemoSubject` on the template's grid (image exactly as stored).

@@ -11,7 +11,7 @@
 # 3. Trains for as many steps as fit in TRAIN_MINUTES. The LR schedule and the BatchNorm freeze are
 #    fractions of the step count, so the count is fixed before the run starts; the run's own
 #    config.json records it.
-# The shipped model came from this script with its defaults (1502 steps on an H100): the loss
+# The shipped model came from this script with TRAIN_MINUTES=18 (1502 steps on an H100): the loss
 # diverged right after BatchNorm froze (step 526, LR still 3e-4) and the weights shipped are
 # best.pt from step 500 (docs/training.md). With 8 volumes per step the batch statistics are
 # stable, so a next run should try FREEZE_BN_AFTER=1 (never freeze) or freeze after the first LR drop.
@@ -23,7 +23,8 @@ RUN=${1:-runs/mni-wm-demo-gpu}
 MINUTES=${TRAIN_MINUTES:-19}
 CORES=$(nproc)
 JOBS=${JOBS:-$CORES}
-# The GPU step is short; the CPU workers that cut patches set the pace.
+# Sample making is CPU work (about 0.6 s per volume on one core); with 14 workers the H100's
+# 0.7 s step of 8 x 16384 points set the pace, not the data.
 WORKERS=${WORKERS:-$(( CORES > 3 ? CORES - 2 : 1 ))}
 PROBE_STEPS=${PROBE_STEPS:-90}
 
