@@ -71,6 +71,9 @@ class PresetRun:
     train_cases: int
     tiny_shape: tuple[int, int, int]
     tiny_overrides: tuple[str, ...]
+    # The lits decoder (width 512, latent 512) differs from PyTorch by up to 1.8e-5 in logits of
+    # about 0.006 (ORT vs PyTorch summation order), over the default atol 1e-5: verified at 5e-5.
+    export_args: tuple[str, ...] = ()
 
 
 PRESET_RUNS: dict[str, PresetRun] = {
@@ -80,7 +83,8 @@ PRESET_RUNS: dict[str, PresetRun] = {
         "--preprocess-override", "max_shift=0")),
     "c": PresetRun("lits-c", "lits", "lits", LITS_SHAPE, 4, (64, 64, 64), (
         "--model-override", "global_shape=[16,16,16]", "--model-override", "encoder_channels=[1,8,16]",
-        "--model-override", "decoder_width=32", "--preprocess-override", "shape=[32,32,32]")),
+        "--model-override", "decoder_width=32", "--preprocess-override", "shape=[32,32,32]"),
+        export_args=("--atol", "5e-5")),
 }
 
 
@@ -216,7 +220,7 @@ def export(args: argparse.Namespace) -> None:
     for key in args.which:
         run = PRESET_RUNS[key]
         _run([sys.executable, "-m", "ossnet_export.cli", "export", str(root / "runs" / run.name / "last.pt"),
-              "-o", str(root / "models" / run.name), "--overwrite", "--quiet"])
+              "-o", str(root / "models" / run.name), "--overwrite", "--quiet", *run.export_args])
 
 
 # ------------------------------------------------------------------------------ scaling

@@ -108,6 +108,11 @@ def _check_profile(min_q: int, opt_q: int, max_q: int) -> Any:
         raise click.UsageError(str(exc)) from None
 
 
+def _tolerances(atol: float | None, rtol: float | None) -> dict[str, float]:
+    """The parity tolerances the user set (the rest keep ``ExportOptions``' defaults, 1e-5 / 1e-4)."""
+    return {name: value for name, value in (("atol", atol), ("rtol", rtol)) if value is not None}
+
+
 @main.command("export")
 @click.argument("checkpoint", type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
@@ -123,6 +128,10 @@ def _check_profile(min_q: int, opt_q: int, max_q: int) -> Any:
 @click.option("--max-queries", type=click.IntRange(min=1), default=32768, show_default=True,
               help="TensorRT profile maximum (the runtime's max_queries must not exceed it).")
 @click.option("--no-verify", is_flag=True, help="Skip the comparison with PyTorch (structural checks still run).")
+@click.option("--atol", type=click.FloatRange(min=0.0), default=None,
+              help="Absolute tolerance of the fp32 comparison with PyTorch  [default: 1e-05]; recorded in ossnet.parity.")
+@click.option("--rtol", type=click.FloatRange(min=0.0), default=None,
+              help="Relative tolerance of the fp32 comparison with PyTorch  [default: 0.0001]; recorded in ossnet.parity.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress and no report (warnings and errors still print).")
 @click.option("-v", "--verbose", is_flag=True, help="Tracebacks with errors.")
@@ -138,6 +147,8 @@ def export_command(
     opt_queries: int,
     max_queries: int,
     no_verify: bool,
+    atol: float | None,
+    rtol: float | None,
     overwrite: bool,
     quiet: bool,
     verbose: bool,
@@ -152,6 +163,7 @@ def export_command(
         fp16=fp16,
         reference_volume=None if reference_volume is None else str(reference_volume),
         overwrite=overwrite,
+        **_tolerances(atol, rtol),
     )
     if no_verify:
         click.echo(f"{_PROG}: WARNING: --no-verify: the graphs will NOT be compared with PyTorch", err=True)
@@ -210,15 +222,20 @@ def _build_engines(directory: Path, profile: Any, *, overwrite: bool, quiet: boo
               help="The checkpoint the graphs were exported from.")
 @click.option("--reference-volume", type=click.Path(path_type=Path, exists=True), default=None,
               help="A real volume instead of the phantom.")
+@click.option("--atol", type=click.FloatRange(min=0.0), default=None,
+              help="Absolute tolerance of the fp32 comparison with PyTorch  [default: 1e-05]; recorded in ossnet.parity.")
+@click.option("--rtol", type=click.FloatRange(min=0.0), default=None,
+              help="Relative tolerance of the fp32 comparison with PyTorch  [default: 0.0001]; recorded in ossnet.parity.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing on success.")
 @click.option("-v", "--verbose", is_flag=True, help="Tracebacks with errors.")
 @_handle_errors
-def verify_command(directory: Path, checkpoint: Path, reference_volume: Path | None, quiet: bool,
-                   verbose: bool) -> None:
+def verify_command(directory: Path, checkpoint: Path, reference_volume: Path | None, atol: float | None,
+                   rtol: float | None, quiet: bool, verbose: bool) -> None:
     """Re-run the comparison with PyTorch on the graphs in DIRECTORY; non-zero exit names the deviation."""
     from ossnet_export.export_onnx import ExportOptions, verify_export
 
-    options = ExportOptions(reference_volume=None if reference_volume is None else str(reference_volume))
+    options = ExportOptions(reference_volume=None if reference_volume is None else str(reference_volume),
+                            **_tolerances(atol, rtol))
     reports = verify_export(directory, checkpoint, options=options)
     if not quiet:
         for name, report in reports.items():

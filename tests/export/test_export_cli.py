@@ -71,6 +71,9 @@ def test_verify_passes_then_catches_one_altered_weight(
     ok = _invoke("verify", str(out), "--checkpoint", str(trained_checkpoint))
     assert ok.exit_code == 0, ok.output
     assert "fp32 max |diff|" in ok.output and "passed" in ok.output
+    assert "(rtol 0.0001, atol 1e-05)" in ok.output
+    loose = _invoke("verify", str(out), "--checkpoint", str(trained_checkpoint), "--atol", "3e-05", "--rtol", "0.001")
+    assert loose.exit_code == 0 and "(rtol 0.001, atol 3e-05)" in loose.output, loose.output
     tampered = tmp_path / "tampered"
     shutil.copytree(out, tampered)
     decoder = onnx.load(tampered / "decoder.onnx")
@@ -84,6 +87,14 @@ def test_verify_passes_then_catches_one_altered_weight(
     (line,) = done.stderr.strip().splitlines()
     assert f"{tampered}: verification failed" in line
     assert "decoder logits (N=" in line and "largest deviation at index (" in line and "vs reference" in line
+
+
+def test_tolerance_defaults_in_help_are_the_verifiers() -> None:
+    from ossnet_export.verify import FP32_ATOL, FP32_RTOL
+
+    for command in ("export", "verify"):
+        text = " ".join(_invoke(command, "--help").output.split())
+        assert f"[default: {FP32_ATOL!r}]" in text and f"[default: {FP32_RTOL!r}]" in text
 
 
 def test_default_output_folder_is_beside_the_checkpoint(
