@@ -60,11 +60,53 @@ class ResidualBlock3d(nn.Module):
         self.act2 = PAU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        main = F.avg_pool3d(self.act1(self.bn1(self.conv1(x))), 2)
+        # Training normalises with the whole batch's statistics, so only eval mode (validation,
+        # export, inference) may cut the full-resolution half of the block into slabs.
+        main = self._stem(x) if self.training else self._stem_slabs(x, _slab_rows(self.conv1.out_channels, x.shape))
         main = self.bn2(self.conv2(main))
         # A 1x1x1 convolution commutes with average pooling, so pooling first gives the
         # reference's conv-then-pool result with 8x fewer multiply-adds.
         return self.act2(main + self.shortcut(F.avg_pool3d(x, 2)))
+
+    def _stem(self, x: torch.Tensor) -> torch.Tensor:
+        """conv1 -> BN -> PAU -> avg-pool 2: ``(B, c_in, D, H, W) -> (B, c_out, D/2, H/2, W/2)``."""
+        return F.avg_pool3d(self.act1(self.bn1(self.conv1(x))), 2)
+
+    def _stem_slabs(self, x: torch.Tensor, rows: int) -> torch.Tensor:
+        """:meth:`_stem` computed ``rows`` pooled D-rows at a time; exactly the same maths.
+
+        The stem's full-resolution activations (``c_out`` channels at the input's size, plus the
+        PAU's temporaries) are the encoder's memory peak: in ONNX Runtime a ``demo`` encoder held
+        about 340 MB for them. Pooled rows ``[a, b)`` need conv1 rows ``[2a, 2b)``, i.e. input rows
+        ``[2a - 1, 2b + 1)``; the rows beyond the volume are the convolution's zero padding.
+        Slab bounds are Python ints, so an export unrolls the loop into a fixed graph.
+        """
+        depth = x.shape[2] // 2
+        if rows >= depth:
+            return self._stem(x)
+        weight = self.conv1.weight
+        out = []
+        for a in range(0, depth, rows):
+            b = min(a + rows, depth)
+            lo, hi = 2 * a - 1, 2 * b + 1
+            slab = x[:, :, max(lo, 0):min(hi, x.shape[2])]
+            if lo < 0 or hi > x.shape[2]:
+                slab = F.pad(slab, (0, 0, 0, 0, int(lo < 0), int(hi > x.shape[2])))
+            conv = F.conv3d(slab, weight, None, padding=(0, 1, 1))
+            out.append(F.avg_pool3d(self.act1(self.bn1(conv)), 2))
+        return torch.cat(out, dim=2)
+
+
+# Elements of one slab's conv1 output (about 16 MB of float32): small enough that the stem's
+# temporaries stay in cache-sized pieces, large enough that per-slab overhead is negligible.
+_SLAB_ELEMENTS = 1 << 22
+
+
+def _slab_rows(channels: int, shape: torch.Size) -> int:
+    """Pooled D-rows per slab of :meth:`ResidualBlock3d._stem_slabs` for an input of ``shape``
+    ``(B, C, D, H, W)``: at least 1, at most ``D / 2`` (one slab)."""
+    per_pooled_row = 2 * int(shape[0]) * channels * int(shape[3]) * int(shape[4])
+    return max(1, min(int(shape[2]) // 2, _SLAB_ELEMENTS // max(per_pooled_row, 1)))
 
 
 def _conv5(c_in: int, c_out: int, *, bias: bool) -> nn.Conv3d:

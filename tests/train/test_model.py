@@ -454,3 +454,49 @@ def test_patch_encoder_matrix_form_equals_conv3d(patch_channels: int) -> None:
     # Gradients reach the convolution weights through the matrix construction.
     matrix_form.square().sum().backward()
     assert encoder.conv1.weight.grad is not None and encoder.conv1.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("rows", [1, 2, 3, 7, 8])
+def test_stem_slabs_equal_the_whole_stem_in_eval(rows: int) -> None:
+    # Depth 14 (7 pooled rows): slabs of 1..7 rows, a ragged last slab (2, 3) and one slab (7, 8).
+    from ossnet_train.encoder import ResidualBlock3d
+
+    torch.manual_seed(0)
+    block = ResidualBlock3d(2, 5)
+    with torch.no_grad():
+        block.bn1.running_mean.normal_(0, 0.5)
+        block.bn1.running_var.uniform_(0.5, 2.0)
+    block.eval()
+    x = torch.randn(2, 2, 14, 6, 10) + 1.0  # non-zero mean: wrong border padding would show
+    with torch.no_grad():
+        whole = block._stem(x)
+        slabs = block._stem_slabs(x, rows)
+    assert slabs.shape == whole.shape == (2, 5, 7, 3, 5)
+    torch.testing.assert_close(slabs, whole, rtol=1e-5, atol=1e-6)
+
+
+def test_large_eval_blocks_run_in_slabs_and_training_never(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ossnet_train.encoder as encoder
+
+    calls: list[int] = []
+    real = encoder.ResidualBlock3d._stem_slabs
+
+    def spy(self: encoder.ResidualBlock3d, x: torch.Tensor, rows: int) -> torch.Tensor:
+        calls.append(rows)
+        return real(self, x, rows)
+
+    monkeypatch.setattr(encoder.ResidualBlock3d, "_stem_slabs", spy)
+    monkeypatch.setattr(encoder, "_SLAB_ELEMENTS", 2 * (2 * 4 * 16 * 16))  # 2 pooled rows: 2 x (2 rows x 4 x 16 x 16)
+    torch.manual_seed(0)
+    block = encoder.ResidualBlock3d(1, 4)
+    x = torch.randn(1, 1, 16, 16, 16)
+    block.train()
+    trained = block(x)
+    assert calls == [] and trained.shape == (1, 4, 8, 8, 8)
+    block.eval()
+    with torch.no_grad():
+        sliced = block(x)
+        monkeypatch.setattr(encoder, "_SLAB_ELEMENTS", 1 << 40)
+        whole = block(x)
+    assert calls == [2, 8]
+    torch.testing.assert_close(sliced, whole, rtol=1e-5, atol=1e-6)
