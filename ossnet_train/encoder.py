@@ -84,7 +84,6 @@ class ResidualBlock3d(nn.Module):
         depth = x.shape[2] // 2
         if rows >= depth:
             return self._stem(x)
-        weight = self.conv1.weight
         out = []
         for a in range(0, depth, rows):
             b = min(a + rows, depth)
@@ -92,13 +91,15 @@ class ResidualBlock3d(nn.Module):
             slab = x[:, :, max(lo, 0):min(hi, x.shape[2])]
             if lo < 0 or hi > x.shape[2]:
                 slab = F.pad(slab, (0, 0, 0, 0, int(lo < 0), int(hi > x.shape[2])))
-            conv = F.conv3d(slab, weight, None, padding=(0, 1, 1))
+            # conv1 is 3^3 with padding 1: D's padding is the halo (or the zeros added above).
+            conv = F.conv3d(slab, self.conv1.weight, self.conv1.bias, padding=(0, 1, 1))
             out.append(F.avg_pool3d(self.act1(self.bn1(conv)), 2))
         return torch.cat(out, dim=2)
 
 
-# Elements of one slab's conv1 output (about 16 MB of float32): small enough that the stem's
-# temporaries stay in cache-sized pieces, large enough that per-slab overhead is negligible.
+# Elements of one slab's conv1 output (16 MB of float32): a fraction of a whole level (88 MB per
+# tensor for the demo preset) so the PAU's temporaries stay small, and few enough slabs (6 for
+# demo, 32 for lits) that the unrolled graph and the per-slab overhead stay small.
 _SLAB_ELEMENTS = 1 << 22
 
 

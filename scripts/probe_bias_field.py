@@ -28,17 +28,14 @@ import argparse
 
 import numpy as np
 
+from ossnet_deploy.metrics import dice
 from ossnet_train.demo_cohort import DemoParams, make_demo_subject
 
 
 def best_threshold_dice(image: np.ndarray, label: np.ndarray, mask: np.ndarray) -> float:
     """Best Dice of ``image > t`` against ``label`` over 131 quantiles ``t`` of the head ``mask``."""
     values, truth = image[mask], label[mask] > 0
-    best = 0.0
-    for t in np.quantile(values, np.linspace(0.3, 0.95, 131)):
-        pred = values > t
-        best = max(best, 2.0 * float((pred & truth).sum()) / float(pred.sum() + truth.sum()))
-    return best
+    return max(dice(values > t, truth) for t in np.quantile(values, np.linspace(0.3, 0.95, 131)))
 
 
 def _kmeans_1d(x: np.ndarray, k: int, iterations: int = 20) -> tuple[np.ndarray, np.ndarray]:
