@@ -267,6 +267,10 @@ class _StageBar:
               help="fp16 uses decoder.fp16.onnx (for GPUs).")
 @click.option("--mode", type=click.Choice(_MODES), default="adaptive", show_default=True,
               help="Query schedule: adaptive (ours), reference (the paper's) or dense (every voxel).")
+@click.option("--interpolation-margin", type=click.FloatRange(min=0.0), default=None, metavar="LOGITS",
+              help="adaptive: at the finest level, decide a voxel from its decoded neighbours' interpolated "
+                   "logit when that is at least this far from the threshold (default 2.0; 0: decode them all, "
+                   "exact on every component found).")
 @click.option("--max-queries", type=click.IntRange(min=1), default=None, metavar="N",
               help="Decoder queries per call: the memory cap (default: 4096 on CPU, 32768 on a GPU).")
 @click.option("--threads", type=click.IntRange(min=1), default=None, metavar="N",
@@ -292,6 +296,7 @@ def main(
     device: str,
     precision: str,
     mode: str,
+    interpolation_margin: float | None,
     max_queries: int | None,
     threads: int | None,
     fit: str,
@@ -317,17 +322,17 @@ def main(
     if not paths:
         raise click.UsageError("no input given (-i PATH)")
     with _warnings_as_lines(console):
-        ctx.exit(_segment_all(paths, output, model_dir, device, precision, mode, max_queries, threads, fit,
-                              num_parts, part_id, overwrite, preview, disable_progress_bar, console))
+        ctx.exit(_segment_all(paths, output, model_dir, device, precision, mode, interpolation_margin, max_queries,
+                              threads, fit, num_parts, part_id, overwrite, preview, disable_progress_bar, console))
 
 
-def _load(model_dir: Path | None, device: str, precision: str, mode: str, max_queries: int | None,
-          threads: int | None, console: _Console) -> Segmenter | int:
+def _load(model_dir: Path | None, device: str, precision: str, mode: str, interpolation_margin: float | None,
+          max_queries: int | None, threads: int | None, console: _Console) -> Segmenter | int:
     from ossnet_deploy.segmenter import Segmenter
 
     try:
         return Segmenter.from_dir(model_dir, device=device, precision=precision, max_queries=max_queries,
-                                  threads=threads, mode=mode)
+                                  threads=threads, mode=mode, interpolation_margin=interpolation_margin)
     except DependencyError as exc:
         console.error(str(exc), exc)
         return EXIT_DEPENDENCY
@@ -338,13 +343,13 @@ def _load(model_dir: Path | None, device: str, precision: str, mode: str, max_qu
 
 
 def _segment_all(paths: list[Path], output: Path, model_dir: Path | None, device: str, precision: str, mode: str,
-                 max_queries: int | None, threads: int | None, fit: str, num_parts: int, part_id: int,
+                 interpolation_margin: float | None, max_queries: int | None, threads: int | None, fit: str, num_parts: int, part_id: int,
                  overwrite: bool, preview: bool, disable_progress_bar: bool, console: _Console) -> int:
     from tqdm import tqdm
 
     from ossnet_deploy.inputs import shard
 
-    loaded = _load(model_dir, device, precision, mode, max_queries, threads, console)
+    loaded = _load(model_dir, device, precision, mode, interpolation_margin, max_queries, threads, console)
     if isinstance(loaded, int):
         return loaded
     segmenter = loaded

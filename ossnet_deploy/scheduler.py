@@ -87,6 +87,12 @@ class SchedulerConfig:
         uncertainty_band: ``adaptive`` only; a cell of side >= 4 voxels is refined when one of
             its corners' decoded logits is within this many logit units of the threshold, even if
             its corners agree (1.0: probability 0.27 .. 0.73 at threshold 0).
+        interpolation_margin: ``adaptive`` only; at the last level (2-voxel cells), a point of an
+            active cell whose decoded stride-2 neighbours (the 2, 4 or 8 lattice points around
+            it) all lie on one side of the threshold, with a mean logit at least this many
+            logit units from it, takes that side without being decoded. 0 decodes every such
+            point, which makes ``adaptive`` exact on every component holding a decoded voxel
+            (docs/scheduler.md, which has the measurements behind the default).
     """
 
     mode: str = "adaptive"
@@ -96,6 +102,7 @@ class SchedulerConfig:
     seed_margin: int = 8
     seed_band: float = 2.0
     uncertainty_band: float = 1.0
+    interpolation_margin: float = 2.0
 
     def __post_init__(self) -> None:
         def bad(field: str, expected: str, fix: str) -> InputError:
@@ -113,7 +120,7 @@ class SchedulerConfig:
             raise bad("coarsest_stride", "a power of two >= 2", "use 8 (or 4 to find smaller blobs)")
         if not _is_int(self.seed_margin) or self.seed_margin < 0:
             raise bad("seed_margin", "an integer >= 0 (voxels)", "use 8")
-        for field in ("seed_band", "uncertainty_band"):
+        for field in ("seed_band", "uncertainty_band", "interpolation_margin"):
             value = getattr(self, field)
             if not np.isfinite(value) or value < 0:
                 raise bad(field, "a finite number >= 0 (logit units)", "use 0 to switch it off")
@@ -135,6 +142,8 @@ class StageStats:
         rounds: batches of queries the stage issued (``adaptive``: the first plus one per
             propagation round; ``dense`` and ``reference``: 1; 0 when it queried nothing).
         seconds: wall time of the stage; decode_seconds: the part spent inside ``decode``.
+        interpolated: points decided from their decoded neighbours' interpolated logits instead
+            of being decoded (``adaptive``'s last level, ``interpolation_margin`` > 0).
     """
 
     name: str
@@ -144,6 +153,7 @@ class StageStats:
     rounds: int
     seconds: float
     decode_seconds: float
+    interpolated: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,12 +186,13 @@ class _Stage:
         self.planned = 0
         self.repeated = 0
         self.rounds = 0
+        self.interpolated = 0
         self.decode_seconds = 0.0
         self.started = time.perf_counter()
 
     def freeze(self) -> StageStats:
         return StageStats(self.name, self.stride, self.queries, self.repeated, self.rounds,
-                          time.perf_counter() - self.started, self.decode_seconds)
+                          time.perf_counter() - self.started, self.decode_seconds, self.interpolated)
 
 
 class _Decoder:
@@ -562,6 +573,11 @@ class _AdaptiveRun:
         # 2-voxel cells such a structure is one voxel thick, and a band there would add queries
         # all along the surface (about 20 % for a signed-distance decoder at band 0.5).
         band = self.config.uncertainty_band if stride >= _BAND_MIN_STRIDE else 0.0
+        # Only the last level interpolates: there the decoded stride-2 lattice brackets every
+        # point at a distance of one voxel; at coarser levels the interpolation is too far off
+        # to pay (on a demo subject, margin 3 at the 4->2 level too cost Dice 0.9989 against
+        # 0.9997 for 1.26x fewer queries instead of 1.47x).
+        margin = self.config.interpolation_margin if stride == 2 else 0.0
         cells = tuple((n - 1) // 2 for n in value.shape)
 
         # Round 0: the corners decide. The only half-stride points already decoded are region
@@ -583,7 +599,10 @@ class _AdaptiveRun:
                 active = cell_any(vbox & relevant) & cell_any(relevant & ~vbox)
                 active |= _corner_cells(self._uncertain(corner_logits[l0:h0 + 1, l1:h1 + 1, l2:h2 + 1], band))
                 hits = np.nonzero(cell_points(active) & ~kbox)
-                requests.append(tuple(h + 2 * lo for h, (lo, _) in zip(hits, box, strict=True)))
+                points_hit = tuple(h + 2 * lo for h, (lo, _) in zip(hits, box, strict=True))
+                if margin > 0:
+                    points_hit = self._interpolate(stage, points_hit, margin)
+                requests.append(points_hit)
             sub = tuple(np.concatenate([r[axis] for r in requests]) for axis in range(3))
             if sub[0].size == 0:
                 break
@@ -592,6 +611,45 @@ class _AdaptiveRun:
         self._fill(value, known)
         self._mirror()
         self.decoder.stages.append(stage.freeze())
+
+    def _interpolate(self, stage: _Stage, points: tuple[np.ndarray, np.ndarray, np.ndarray],
+                     margin: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Decide last-level points whose interpolated logit is clear of the threshold; return the rest.
+
+        ``points``: extended-region voxel indices (3 int64 arrays), none known yet. A point's
+        bracketing lattice points are the stride-2 lattice points ``(p + a) // 2`` for ``a`` in
+        {0, 1} per axis (2 for an edge midpoint, 4 for a face centre, 8 for a cell centre); the
+        mean of their logits (over the 8 combinations) is the multilinear interpolation at the
+        point. A point is decided, as the mean's side, when its bracketing points were all
+        decoded, lie on one side of the threshold, and their mean is at least ``margin`` from
+        it. The rest, and points of the extension past the region, are returned for decoding.
+        Decided points become ``known`` (they take part in the activity tests like decoded
+        ones) but store no logit.
+        """
+        threshold = np.float32(self.config.threshold_logit)
+        total = np.zeros(points[0].shape, dtype=np.float32)
+        low = np.full(points[0].shape, np.inf, dtype=np.float32)
+        high = np.full(points[0].shape, -np.inf, dtype=np.float32)
+        for offsets in np.ndindex(2, 2, 2):
+            lattice = self.logits[tuple((p + a) // 2 for p, a in zip(points, offsets, strict=True))]
+            lattice = lattice.astype(np.float32) - threshold
+            total += lattice  # NaN (undecoded) propagates and is never decided
+            np.minimum(low, lattice, out=low)
+            np.maximum(high, lattice, out=high)
+        offset = total * np.float32(1 / 8)
+        with np.errstate(invalid="ignore"):
+            # Bracketing points on both sides mean the surface crosses between them: a step
+            # in the logits (a sharp edge in the image) puts the interpolation far off there.
+            decided = (np.abs(offset) >= np.float32(margin)) & ((low > 0) | (high <= 0))
+        # Points past the region's end stand for its last voxels, which _mirror() rewrites;
+        # decode those (through their region voxel) rather than decide them twice.
+        for p, n in zip(points, self.region_shape, strict=True):
+            decided &= p < n
+        chosen = tuple(p[decided] for p in points)
+        self.value[chosen] = offset[decided] > 0
+        self.known[chosen] = True
+        stage.interpolated += int(decided.sum())
+        return tuple(p[~decided] for p in points)
 
     def _changed_cells(self, sub: tuple[np.ndarray, ...], cells: tuple[int, ...],
                        half: int) -> tuple[tuple[int, int], ...]:

@@ -288,11 +288,13 @@ class Segmenter:
             :data:`GPU_DEFAULT_MAX_QUERIES` on a GPU, at most a TensorRT profile's maximum).
         mode: scheduler mode: ``adaptive`` (default), ``reference`` or ``dense``.
         model_dir: the folder the graphs came from (for messages and reports).
+        interpolation_margin: ``adaptive``'s last-level interpolation margin in logits
+            (:class:`~ossnet_deploy.scheduler.SchedulerConfig`; None: its default, 0: exact).
 
     Raises:
         ModelFormatError: the two graphs are not one exported pair, a graph's inputs/outputs
             differ from its metadata, or the metadata is inconsistent.
-        InputError: an unknown mode or a ``max_queries`` below 1.
+        InputError: an unknown mode, a ``max_queries`` below 1 or a negative margin.
     """
 
     def __init__(
@@ -305,6 +307,7 @@ class Segmenter:
         max_queries: int | None = None,
         mode: str = "adaptive",
         model_dir: Path | None = None,
+        interpolation_margin: float | None = None,
     ) -> None:
         check_pair(encoder_meta, decoder_meta, encoder.path, decoder.path)
         for backend, meta in ((encoder, encoder_meta), (decoder, decoder_meta)):
@@ -323,7 +326,7 @@ class Segmenter:
                          expected=f"grid {tuple(preprocess.shape)}", found=f"grid {tuple(facts.grid_shape)}",
                          fix="re-export the model")
             )
-        _check_settings(mode, max_queries)
+        _check_settings(mode, max_queries, interpolation_margin)
         limit = decoder.max_queries_limit
         chunk = max_queries
         if chunk is None:
@@ -351,7 +354,9 @@ class Segmenter:
         self.mode = mode
         self.max_queries = chunk
         self.model_dir = model_dir
-        self.scheduler_config = SchedulerConfig(mode=mode, threshold_logit=facts.threshold_logit, max_queries=chunk)
+        margin = {} if interpolation_margin is None else {"interpolation_margin": interpolation_margin}
+        self.scheduler_config = SchedulerConfig(mode=mode, threshold_logit=facts.threshold_logit, max_queries=chunk,
+                                                **margin)
 
     # ------------------------------------------------------------------------------ loading
 
@@ -364,6 +369,7 @@ class Segmenter:
         max_queries: int | None = None,
         threads: int | None = None,
         mode: str = "adaptive",
+        interpolation_margin: float | None = None,
     ) -> Segmenter:
         """Load the pair in ``model_dir`` (default: the bundled ``mni-wm-demo`` model).
 
@@ -377,6 +383,8 @@ class Segmenter:
                 :data:`DEFAULT_MAX_QUERIES` on CPU, :data:`GPU_DEFAULT_MAX_QUERIES` on a GPU).
             threads: CPU threads per graph (default: the physical cores this process may use).
             mode: scheduler mode: ``adaptive``, ``reference`` or ``dense``.
+            interpolation_margin: ``adaptive``'s last-level interpolation margin in logits
+                (None: the scheduler's default 2.0; 0: decode every point, exact).
 
         Raises:
             ModelFormatError: missing, foreign, newer-format or mismatched graphs (different
@@ -385,7 +393,7 @@ class Segmenter:
             InputError: an unknown device, precision, mode, or a bad ``max_queries``/``threads``.
         """
         request = parse_device(device)
-        _check_settings(mode, max_queries)  # before the (slow) sessions are built
+        _check_settings(mode, max_queries, interpolation_margin)  # before the (slow) sessions are built
         files = find_model_files(model_dir, precision)
         encoder_meta = read_graph_metadata(files.encoder)
         decoder_meta = read_graph_metadata(files.decoder)
@@ -395,7 +403,7 @@ class Segmenter:
             warn_once(describe(files.decoder, "fp16 runs on the CPU here, where it is slower than fp32",
                                fix="use precision='fp32' on CPUs; fp16 pays off on GPUs"))
         return cls(encoder, decoder, encoder_meta, decoder_meta, max_queries=max_queries, mode=mode,
-                   model_dir=files.folder)
+                   model_dir=files.folder, interpolation_margin=interpolation_margin)
 
     # ----------------------------------------------------------------------------- properties
 
@@ -593,7 +601,7 @@ class Segmenter:
                 f"device={self.device!r}, mode={self.mode!r}, max_queries={self.max_queries})")
 
 
-def _check_settings(mode: str, max_queries: int | None) -> None:
+def _check_settings(mode: str, max_queries: int | None, interpolation_margin: float | None) -> None:
     if mode not in MODES:
         raise InputError(describe(None, f"unknown mode {mode!r}", expected=", ".join(MODES), found=repr(mode),
                                   fix="use 'adaptive' (default), 'reference' or 'dense'"))
@@ -601,6 +609,8 @@ def _check_settings(mode: str, max_queries: int | None) -> None:
                                     or max_queries < 1):
         raise InputError(describe(None, "invalid max_queries", expected="an int >= 1 or None",
                                   found=repr(max_queries), fix=f"e.g. max_queries={DEFAULT_MAX_QUERIES}"))
+    if interpolation_margin is not None:
+        SchedulerConfig(interpolation_margin=interpolation_margin)  # raises InputError naming the setting
 
 
 def _check_fit(fit: str) -> None:

@@ -108,6 +108,9 @@ class Recorder:
 def run(field: Field, grid: tuple[int, int, int], region: tuple[slice, slice, slice] = WHOLE,
         coarse: np.ndarray | None = None, record: bool = True,
         **config: object) -> tuple[SchedulerResult, Recorder]:
+    # The exactness guarantee is stated for interpolation_margin 0; the margin's own tests below
+    # pass it explicitly.
+    config.setdefault("interpolation_margin", 0.0)
     cfg = SchedulerConfig(**config)  # type: ignore[arg-type]
     recorder = Recorder(field, grid, region, cfg.max_queries, record)
     result = run_scheduler(recorder, grid, region, cfg, coarse_logits=coarse)
@@ -250,6 +253,99 @@ def test_every_component_holding_a_decoded_voxel_is_exact(seed):
     assert fg.any() and bg.any()
     assert result.labels[fg].all()
     assert not result.labels[bg].any()
+
+
+# ------------------------------------------------------------- last-level interpolation margin
+
+
+def test_interpolation_margin_skips_clear_points_of_a_sharp_field(brats_sphere):
+    """A trained decoder's logits are steep (several logits per voxel) and smooth: on such a field
+    the margin decides many last-level points without decoding and changes no voxel."""
+    _, dense, coarse = brats_sphere
+    field = sphere(SPHERE_CENTRE, SPHERE_RADIUS, scale=6.0)
+    exact, _ = run(field, BRATS_GRID, coarse=coarse, interpolation_margin=0.0)
+    skipping, recorder = run(field, BRATS_GRID, coarse=coarse, interpolation_margin=3.0)
+    assert np.array_equal(exact.labels, dense)
+    assert np.array_equal(skipping.labels, dense)
+    last = skipping.stats.stages[-1]
+    assert last.name == "refine 2->1" and last.interpolated > 0
+    assert all(s.interpolated == 0 for s in skipping.stats.stages[:-1])
+    assert exact.stats.stages[-1].interpolated == 0
+    # Every interpolated point is one the exact run decoded: the margin only replaces queries.
+    assert skipping.stats.total_queries + last.interpolated == exact.stats.total_queries
+    assert skipping.stats.total_queries < 0.8 * exact.stats.total_queries
+    assert len(np.unique(recorder.queries, axis=0)) == len(recorder.queries)
+
+
+def test_interpolated_points_are_those_clear_of_the_threshold():
+    """The rule itself, both ways: a last-level point is decided without decoding exactly when its
+    bracketing stride-2 lattice points were all decoded, lie on one side of the threshold, and
+    their mean logit is at least the margin from it; it then takes that side."""
+    grid, threshold, margin = (48, 48, 48), 0.5, 2.0
+    field = union(sphere((23.3, 24.6, 22.1), 12.0, scale=6.0), sphere((31.0, 30.2, 33.7), 7.5, scale=3.0))
+    exact, exact_rec = run(field, grid, threshold_logit=threshold, interpolation_margin=0.0)
+    skipping, skip_rec = run(field, grid, threshold_logit=threshold, interpolation_margin=margin)
+    last = skipping.stats.stages[-1]
+    decoded = skip_rec.queried_mask(grid)
+    # On smooth fields the decided values match the decoder, so propagation visits the same
+    # cells and the decided points are exactly the last-level points the exact run decoded extra.
+    assert np.array_equal(skipping.labels, exact.labels)
+    assert skipping.stats.total_queries + last.interpolated == exact.stats.total_queries
+    extra = exact_rec.queried_mask(grid) & ~decoded
+    assert int(extra.sum()) == last.interpolated > 0
+
+    def clear(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per point: whether the rule decides it, and the mean of its bracketing logits."""
+        # A lattice point past the grid's end stands for the last voxel (the scheduler mirrors).
+        corners = [np.minimum((points + np.array(a)) // 2 * 2, np.array(grid) - 1) for a in np.ndindex(2, 2, 2)]
+        logits = np.array([field(c.astype(np.float64)).astype(np.float16).astype(np.float32) - threshold
+                           for c in corners])
+        bracketed = np.all([decoded[c[:, 0], c[:, 1], c[:, 2]] for c in corners], axis=0)
+        one_side = (logits > 0).all(axis=0) | (logits <= 0).all(axis=0)
+        mean = logits.mean(axis=0)
+        return bracketed & one_side & (np.abs(mean) >= margin), mean
+
+    points = np.argwhere(extra)
+    rule, mean = clear(points)
+    assert rule.all()
+    assert np.array_equal(skipping.labels[extra], (mean > 0).astype(np.uint8))
+    # ...and every last-level point it decoded (not on the stride-2 lattice) was not clear.
+    queried = skip_rec.queries
+    fine = queried[(queried % 2).any(axis=1)]
+    rule, _ = clear(fine)
+    assert fine.size and not rule.any()
+
+
+def test_interpolation_margin_errors_stay_on_undecoded_voxels():
+    """On a rough field the margin may decide wrongly; such voxels are never decoded ones, and they
+    are few."""
+    rng = np.random.default_rng(7)
+    base = waves(rng)
+    grid = (40, 36, 32)
+
+    def field(p: np.ndarray) -> np.ndarray:
+        return 4.0 * base(p)
+
+    result, recorder = run(field, grid, interpolation_margin=1.5)
+    dense = truth(field, grid)
+    wrong = result.labels != dense
+    assert result.stats.stages[-1].interpolated > 0
+    assert not (wrong & recorder.queried_mask(grid)).any()
+    assert wrong.sum() <= 0.01 * dense.sum()
+
+
+@pytest.mark.parametrize("region", [WHOLE, SMALL_REGION], ids=["whole-grid", "sub-region"])
+def test_interpolation_margin_keeps_queries_in_the_region(region):
+    rng = np.random.default_rng(11)
+    base = place_blobs(rng, 8, count=3, region=region)
+
+    def field(p: np.ndarray) -> np.ndarray:
+        return 5.0 * base(p)
+
+    result, recorder = run(field, SMALL_GRID, region, interpolation_margin=3.0)  # Recorder checks bounds
+    assert result.stats.stages[-1].interpolated > 0
+    assert len(np.unique(recorder.queries, axis=0)) == len(recorder.queries)
+    assert np.array_equal(result.labels, truth(field, SMALL_GRID, region))
 
 
 # ----------------------------------------------------- the documented failure mode, and its knobs
@@ -448,6 +544,8 @@ def test_max_filter_and_bounding_box_match_brute_force():
     ({"coarsest_stride": 6}, "power of two"),
     ({"max_queries": 0}, "max_queries"),
     ({"uncertainty_band": -1.0}, "uncertainty_band"),
+    ({"interpolation_margin": -0.5}, "interpolation_margin"),
+    ({"interpolation_margin": float("nan")}, "interpolation_margin"),
     ({"seed_margin": -2}, "seed_margin"),
 ])
 def test_invalid_config_is_refused(settings, match):

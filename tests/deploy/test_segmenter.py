@@ -28,6 +28,7 @@ from ossnet_deploy import SegmentationStats, Segmenter
 from ossnet_deploy.errors import InputError, ModelFormatError
 from ossnet_deploy.metadata import KEY_FORMAT_VERSION, read_onnx_metadata
 from ossnet_deploy.metrics import dice
+from ossnet_deploy.scheduler import SchedulerConfig
 from ossnet_deploy.segmenter import DEFAULT_MAX_QUERIES, find_model_files
 
 GRID = (32, 32, 24)
@@ -78,7 +79,8 @@ def test_from_dir_reads_the_model(segmenter: Segmenter, model_dir: Path) -> None
 
 @pytest.mark.parametrize("mode", ["dense", "reference", "adaptive"])
 def test_every_mode_gives_the_exact_segmentation(model_dir: Path, phantom: np.ndarray, mode: str) -> None:
-    seg = Segmenter.from_dir(model_dir, device="cpu", threads=1, mode=mode)
+    # adaptive is exact with margin 0; the default margin's effect is the next test's.
+    seg = Segmenter.from_dir(model_dir, device="cpu", threads=1, mode=mode, interpolation_margin=0.0)
     image = nib.Nifti1Image(phantom, AFFINE)
     out, stats = seg.segment_with_stats(image)
     labels = _labels(out)
@@ -91,6 +93,20 @@ def test_every_mode_gives_the_exact_segmentation(model_dir: Path, phantom: np.nd
         assert stats.total_queries == phantom.size
     else:
         assert 0 < stats.total_queries < phantom.size // 4
+
+
+def test_default_interpolation_margin_on_a_step_edge(model_dir: Path, phantom: np.ndarray) -> None:
+    """The threshold model's logits jump (-1 to +16) at the bright sphere's edge: interpolating
+    across it would call half the edge foreground. The margin's one-side rule keeps it exact."""
+    exact = Segmenter.from_dir(model_dir, device="cpu", threads=1, interpolation_margin=0.0)
+    default = Segmenter.from_dir(model_dir, device="cpu", threads=1)
+    image = nib.Nifti1Image(phantom, AFFINE)
+    _, exact_stats = exact.segment_with_stats(image)
+    labels, stats = default.segment_with_stats(image)
+    interpolated = stats.scheduler.stages[-1].interpolated
+    assert interpolated > 0
+    assert stats.total_queries + interpolated == exact_stats.total_queries
+    np.testing.assert_array_equal(_labels(labels), expected_threshold_labels(phantom))
 
 
 def test_stats_and_progress(segmenter: Segmenter, phantom: np.ndarray) -> None:
@@ -423,6 +439,10 @@ def test_bad_settings(model_dir: Path) -> None:
         Segmenter.from_dir(model_dir, mode="fast")
     with pytest.raises(InputError, match=r"invalid max_queries .*found 0"):
         Segmenter.from_dir(model_dir, max_queries=0)
+    with pytest.raises(InputError, match=r"invalid scheduler setting interpolation_margin .*-1"):
+        Segmenter.from_dir(model_dir, interpolation_margin=-1.0)
+    assert Segmenter.from_dir(model_dir, interpolation_margin=0.0).scheduler_config.interpolation_margin == 0.0
+    assert Segmenter.from_dir(model_dir).scheduler_config.interpolation_margin == SchedulerConfig().interpolation_margin
     with pytest.raises(InputError, match=r"unknown device 'tpu'"):
         Segmenter.from_dir(model_dir, device="tpu")
 
