@@ -109,7 +109,6 @@ def _worker_ossnet(spec: dict[str, Any]) -> dict[str, Any]:
             "stage_queries": [list(s) for s in stats.stage_queries], "queries": stats.total_queries,
             "dense_queries": stats.dense_queries, "max_queries": stats.max_queries, "import_seconds": imported,
             "interpolated": sum(s.interpolated for s in stats.scheduler.stages) if stats.scheduler else 0,
-            "decode_workers": seg.decode_workers,
             "load_seconds": loaded - imported, "input_shape": list(stats.input_shape), **peaks}
 
 

@@ -8,8 +8,7 @@ One call runs
 3. **encode**: the encoder graph, once: ``latent`` (and ``coarse_logits`` for C/D);
 4. **scheduler stages**: ``run_scheduler`` asks for logits of voxel batches; our decode callable
    normalises their coordinates, cuts their patches from the padded grid and runs the decoder
-   with the latent bound once per volume, in chunks of at most ``max_queries``; on the CPU a
-   chunk is split over ``decode_workers`` concurrent single-threaded decoder runs;
+   with the latent bound once per volume, in chunks of at most ``max_queries``;
 5. **restore**: the region labels go back onto the input's own grid and header.
 
 Thread safety: the ONNX Runtime sessions are shared and their ``run`` is thread-safe; every
@@ -25,11 +24,9 @@ measured bytes per voxel.
 
 from __future__ import annotations
 
-import itertools
 import os
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -91,10 +88,6 @@ query is small; 32768 is also the maximum of the TensorRT profile ``ossnet-expor
 builds by default. Not measured here (no GPU in this project's CI)."""
 
 PRECISIONS = ("fp32", "fp16")
-
-MIN_WORKER_QUERIES = 256
-"""A chunk is split over the decode workers only into parts of at least this many queries: below
-that a part's fixed cost per call outweighs the second core."""
 
 Progress = Callable[[str, int, int], None]
 """``progress(stage, done, total)``: stages ``read``, ``prepare``, ``encode`` (1 of 1 when
@@ -297,8 +290,6 @@ class Segmenter:
         model_dir: the folder the graphs came from (for messages and reports).
         interpolation_margin: ``adaptive``'s last-level interpolation margin in logits
             (:class:`~ossnet_deploy.scheduler.SchedulerConfig`; None: its default, 0: exact).
-        decode_workers: concurrent decoder calls per chunk (CPU: give the decoder backend one
-            intra-op thread per worker; 1: one call at a time).
 
     Raises:
         ModelFormatError: the two graphs are not one exported pair, a graph's inputs/outputs
@@ -317,7 +308,6 @@ class Segmenter:
         mode: str = "adaptive",
         model_dir: Path | None = None,
         interpolation_margin: float | None = None,
-        decode_workers: int = 1,
     ) -> None:
         check_pair(encoder_meta, decoder_meta, encoder.path, decoder.path)
         for backend, meta in ((encoder, encoder_meta), (decoder, decoder_meta)):
@@ -364,12 +354,6 @@ class Segmenter:
         self.mode = mode
         self.max_queries = chunk
         self.model_dir = model_dir
-        if isinstance(decode_workers, bool) or not isinstance(decode_workers, int) or decode_workers < 1:
-            raise InputError(describe(None, "invalid decode_workers", expected="an int >= 1",
-                                      found=repr(decode_workers), fix="use 1, or the CPU cores to use"))
-        self.decode_workers = decode_workers
-        self._pool = ThreadPoolExecutor(decode_workers, thread_name_prefix="ossnet-decode") \
-            if decode_workers > 1 else None
         margin = {} if interpolation_margin is None else {"interpolation_margin": interpolation_margin}
         self.scheduler_config = SchedulerConfig(mode=mode, threshold_logit=facts.threshold_logit, max_queries=chunk,
                                                 **margin)
@@ -397,10 +381,7 @@ class Segmenter:
             precision: ``fp32`` or ``fp16`` (the ``decoder.fp16.onnx`` graph; meant for GPUs).
             max_queries: decoder queries per call (the memory cap; default
                 :data:`DEFAULT_MAX_QUERIES` on CPU, :data:`GPU_DEFAULT_MAX_QUERIES` on a GPU).
-            threads: CPU threads (default: the physical cores this process may use). The
-                encoder runs on all of them; on the CPU the decoder runs ``threads`` chunks
-                at once, one thread each (one big graph call parallelises well, the decoder's
-                many small ops do not: docs/runtime.md, "Decoder threads").
+            threads: CPU threads per graph (default: the physical cores this process may use).
             mode: scheduler mode: ``adaptive``, ``reference`` or ``dense``.
             interpolation_margin: ``adaptive``'s last-level interpolation margin in logits
                 (None: the scheduler's default 2.0; 0: decode every point, exact).
@@ -417,12 +398,12 @@ class Segmenter:
         encoder_meta = read_graph_metadata(files.encoder)
         decoder_meta = read_graph_metadata(files.decoder)
         check_pair(encoder_meta, decoder_meta, files.encoder, files.decoder)
-        encoder, decoder, workers = _load_backends(files, request, threads)
+        encoder, decoder = _load_backends(files, request, threads)
         if precision == "fp16" and decoder.device == "cpu":
             warn_once(describe(files.decoder, "fp16 runs on the CPU here, where it is slower than fp32",
                                fix="use precision='fp32' on CPUs; fp16 pays off on GPUs"))
         return cls(encoder, decoder, encoder_meta, decoder_meta, max_queries=max_queries, mode=mode,
-                   model_dir=files.folder, interpolation_margin=interpolation_margin, decode_workers=workers)
+                   model_dir=files.folder, interpolation_margin=interpolation_margin)
 
     # ----------------------------------------------------------------------------- properties
 
@@ -526,29 +507,16 @@ class Segmenter:
             p = config.patch_size
             buffer = np.empty((self.max_queries, config.patch_channels(), p, p, p), dtype=np.float32)
 
-        def decode_part(begin: int, idx: np.ndarray, coords: np.ndarray | None) -> np.ndarray:
-            n = idx.shape[0]
-            feed = {COORDS: normalise_coords(idx, config.shape) if coords is None else coords}
-            if buffer is not None:
-                feed[PATCHES] = extract_patches(prepared.padded, prepared.pad_values, idx,
-                                                large=config.large_patches, patch_size=config.patch_size,
-                                                out=buffer[begin:begin + n])
-            return run(feed)[LOGITS].reshape(n)
-
-        pool = self._pool
-
         def decode(idx: np.ndarray, coords: np.ndarray | None = None) -> np.ndarray:
             n = idx.shape[0]
             if n == 0:
                 return np.empty(0, dtype=np.float32)
-            parts = 1 if pool is None else min(self.decode_workers, n // MIN_WORKER_QUERIES)
-            if parts <= 1:
-                return decode_part(0, idx, coords)
-            # Each part cuts its patches into its own rows of the one buffer.
-            bounds = [n * k // parts for k in range(parts + 1)]
-            futures = [pool.submit(decode_part, a, idx[a:b], None if coords is None else coords[a:b])
-                       for a, b in itertools.pairwise(bounds)]
-            return np.concatenate([f.result() for f in futures])
+            feed = {COORDS: normalise_coords(idx, config.shape) if coords is None else coords}
+            if buffer is not None:
+                feed[PATCHES] = extract_patches(prepared.padded, prepared.pad_values, idx,
+                                                large=config.large_patches, patch_size=config.patch_size,
+                                                out=buffer[:n])
+            return run(feed)[LOGITS].reshape(n)
 
         return decode
 
@@ -618,9 +586,7 @@ class Segmenter:
         return output, stats
 
     def close(self) -> None:
-        """Release both sessions and the decode workers."""
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
+        """Release both sessions."""
         self.encoder.close()
         self.decoder.close()
 
@@ -653,9 +619,8 @@ def _check_fit(fit: str) -> None:
                                   found=repr(fit), fix="use fit='downsample' to shrink inputs larger than the grid"))
 
 
-def _load_backends(files: ModelFiles, request: DeviceRequest,
-                   threads: int | None) -> tuple[Backend, Backend, int]:
-    """Create the encoder and decoder backends for a device request, and the decode workers."""
+def _load_backends(files: ModelFiles, request: DeviceRequest, threads: int | None) -> tuple[Backend, Backend]:
+    """Create the encoder and decoder backends for a device request."""
     from ossnet_deploy.backends.ort import OrtBackend
     from ossnet_deploy.devices import plan_providers
 
@@ -671,10 +636,7 @@ def _load_backends(files: ModelFiles, request: DeviceRequest,
                          found="only ONNX graphs", fix="export with --trt on this machine, or use device='cuda'")
             )
         return (TrtBackend(encoder_engine, source_onnx=files.encoder, plan=plan, threads=threads),
-                TrtBackend(decoder_engine, source_onnx=files.decoder, plan=plan, threads=threads), 1)
+                TrtBackend(decoder_engine, source_onnx=files.decoder, plan=plan, threads=threads))
     encoder = OrtBackend(files.encoder, device=plan, threads=threads)
-    # On the CPU the decoder gets one intra-op thread and the Segmenter runs one chunk part per
-    # encoder thread (Segmenter.from_dir); a GPU decoder keeps the usual threads for its CPU nodes.
-    if encoder.plan.kind == "cpu":
-        return encoder, OrtBackend(files.decoder, device=encoder.plan, threads=1), encoder.threads
-    return encoder, OrtBackend(files.decoder, device=encoder.plan, threads=threads), 1
+    decoder = OrtBackend(files.decoder, device=encoder.plan, threads=threads)
+    return encoder, decoder

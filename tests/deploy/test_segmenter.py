@@ -95,25 +95,6 @@ def test_every_mode_gives_the_exact_segmentation(model_dir: Path, phantom: np.nd
         assert 0 < stats.total_queries < phantom.size // 4
 
 
-def test_decode_workers_split_chunks_without_changing_results(model_dir: Path, phantom: np.ndarray) -> None:
-    one = Segmenter.from_dir(model_dir, device="cpu", threads=1, mode="dense")
-    two = Segmenter.from_dir(model_dir, device="cpu", threads=2, mode="dense", max_queries=1000)
-    assert (one.decode_workers, two.decode_workers) == (1, 2)
-    assert two.decoder.threads == 1 and two.encoder.threads == 2  # type: ignore[attr-defined]
-    image = nib.Nifti1Image(phantom, AFFINE)
-    decode = two._decode_fn(two.encode(image))
-    state_one = one.encode(image)
-    idx = np.argwhere(np.ones(two.preprocess.shape, dtype=bool))[::3]
-    for n in (1, 255, 511, 512, 999, 1000):  # below and above two parts of MIN_WORKER_QUERIES
-        np.testing.assert_allclose(decode(idx[:n]), one.query(state_one, idx[:n]), rtol=1e-6, atol=1e-6)
-    labels_one, stats_one = one.segment_with_stats(image)
-    labels_two, stats_two = two.segment_with_stats(image)
-    np.testing.assert_array_equal(_labels(labels_one), _labels(labels_two))
-    assert stats_one.total_queries == stats_two.total_queries
-    two.close()
-    assert two._pool is not None and two._pool._shutdown  # type: ignore[attr-defined]
-
-
 def test_default_interpolation_margin_on_a_step_edge(model_dir: Path, phantom: np.ndarray) -> None:
     """The threshold model's logits jump (-1 to +16) at the bright sphere's edge: interpolating
     across it would call half the edge foreground. The margin's one-side rule keeps it exact."""
