@@ -20,6 +20,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import shlex
@@ -123,6 +124,7 @@ def main() -> None:
         "encoder_sha256": sha256_file(args.model / "encoder.onnx"),
         "decoder_sha256": sha256_file(args.model / "decoder.onnx"),
         "mode": args.mode,
+        "scheduler": dataclasses.asdict(segmenter.scheduler_config),
         "device": "cpu",
         "command": shlex.join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
         "machine": {"platform": platform.platform(), "processor": platform.processor(), "python": platform.python_version()},

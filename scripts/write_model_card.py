@@ -27,6 +27,14 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def _margin(evaluation: dict[str, Any]) -> str:
+    """", interpolation margin M logits" when the evaluation recorded its scheduler settings."""
+    scheduler = evaluation.get("scheduler") or {}
+    if evaluation["mode"] != "adaptive" or "interpolation_margin" not in scheduler:
+        return ""
+    return f", interpolation margin {scheduler['interpolation_margin']:g} logits"
+
+
 def _results(evaluation: dict[str, Any]) -> str:
     rows = []
     for s in evaluation["subjects"]:
@@ -139,7 +147,7 @@ The weights-only checkpoint is `models/mni-wm-demo.pt` in the source repository 
 
 ## Held-out results
 Whole-volume Dice and IoU over every voxel of each subject's own grid, through the shipped graphs
-(`ossnet_deploy.Segmenter`, CPU, `{evaluation['mode']}` scheduler), next to two baselines: the
+(`ossnet_deploy.Segmenter`, CPU, `{evaluation['mode']}` scheduler{_margin(evaluation)}), next to two baselines: the
 unwarped template's white-matter mask (assume every subject is the template) and 3-class Otsu
 thresholding of the T1 (brightest class = white matter).
 
