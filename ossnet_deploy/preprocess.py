@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from ossnet_deploy.bias_field import correct_bias
 from ossnet_deploy.errors import InputError, describe
 from ossnet_deploy.geometry import (
     Placement,
@@ -41,6 +42,7 @@ from ossnet_deploy.geometry import (
 from ossnet_deploy.patches import extract_patches, normalise_coords
 
 __all__ = [
+    "BIAS_CORRECTIONS",
     "COORDINATE_CONVENTION",
     "FIT_MODES",
     "GEOMETRIES",
@@ -72,6 +74,12 @@ __all__ = [
 
 GEOMETRIES = ("fixed_spacing_pad", "fixed_shape_resample")
 INTENSITIES = ("zscore_foreground", "zscore_volume", "ct_window")
+#: ``none``, or ``log_field``: divide each MR channel by its estimated bias field
+#: (:mod:`ossnet_deploy.bias_field`) before normalisation.
+BIAS_CORRECTIONS = ("none", "log_field")
+#: Bias-correction settings, left out of :meth:`PreprocessConfig.to_dict` while the correction is
+#: off, so runtimes older than the setting still read models that do not use it.
+_BIAS_FIELDS = ("bias_correction", "bias_grid_mm", "bias_sigma_mm", "bias_iterations")
 FIT_MODES = ("error", "downsample")
 #: Decoder coordinates ``(2 * idx + 1) / shape - 1`` per axis (see :func:`normalise_coords`).
 COORDINATE_CONVENTION = "voxel_centre_minus1_plus1"
@@ -136,6 +144,12 @@ class PreprocessConfig:
         global_downsample: factor of the exact mean pooling that makes the global volume (2).
         coordinate_convention: must be :data:`COORDINATE_CONVENTION`.
         flip_axes: canonical axes training may flip for augmentation (brains: ``(0,)``, left-right).
+        bias_correction: ``"none"`` or ``"log_field"`` (MR, ``fixed_spacing_pad`` only): each
+            channel of the resampled canonical volume is divided by its estimated bias field
+            before the intensity statistics (:func:`ossnet_deploy.bias_field.correct_bias`).
+        bias_grid_mm: block size in mm of the coarse grid the field is estimated on.
+        bias_sigma_mm: Gaussian smoothing of the field in mm.
+        bias_iterations: estimation rounds.
     """
 
     geometry: str
@@ -153,6 +167,10 @@ class PreprocessConfig:
     global_downsample: int = 2
     coordinate_convention: str = COORDINATE_CONVENTION
     flip_axes: tuple[int, ...] = field(default=())
+    bias_correction: str = "none"
+    bias_grid_mm: float = 3.0
+    bias_sigma_mm: float = 20.0
+    bias_iterations: int = 8
 
     def __post_init__(self) -> None:
         # Coerce JSON-ish values (lists, ints for floats) to the declared plain types, then validate.
@@ -208,6 +226,20 @@ class PreprocessConfig:
         if any(a not in (0, 1, 2) for a in flips) or len(set(flips)) != len(flips):
             raise ValueError(f"PreprocessConfig.flip_axes must be distinct axes among 0, 1, 2, got {self.flip_axes!r}")
         put("flip_axes", flips)
+        if self.bias_correction not in BIAS_CORRECTIONS:
+            raise ValueError(f"PreprocessConfig.bias_correction must be one of {BIAS_CORRECTIONS}, "
+                             f"got {self.bias_correction!r}")
+        if self.bias_correction != "none" and (self.geometry != "fixed_spacing_pad" or self.intensity == "ct_window"):
+            raise ValueError("PreprocessConfig.bias_correction applies to MR images with geometry "
+                             f"'fixed_spacing_pad' (not CT windows), got geometry {self.geometry!r}, "
+                             f"intensity {self.intensity!r}")
+        for name in ("bias_grid_mm", "bias_sigma_mm"):
+            put(name, _float_value(name, getattr(self, name)))
+            if getattr(self, name) <= 0:
+                raise ValueError(f"PreprocessConfig.{name} must be positive, got {getattr(self, name)!r}")
+        put("bias_iterations", _int_value("bias_iterations", self.bias_iterations))
+        if self.bias_iterations < 1:
+            raise ValueError(f"PreprocessConfig.bias_iterations must be >= 1, got {self.bias_iterations!r}")
 
     @property
     def global_shape(self) -> tuple[int, int, int]:
@@ -224,8 +256,24 @@ class PreprocessConfig:
         return 2 * n if self.large_patches else n
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-safe dict (tuples become lists) that :meth:`from_dict` turns back into an equal config."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        """JSON-safe dict (tuples become lists) that :meth:`from_dict` turns back into an equal config.
+
+        The bias-correction settings are left out while ``bias_correction`` is ``"none"``.
+        """
+        out = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        if self.bias_correction == "none":
+            for key in _BIAS_FIELDS:
+                del out[key]
+        return out
+
+    def bias_corrected(self, volume: np.ndarray) -> np.ndarray:
+        """``(C, X, Y, Z)`` canonical volume at ``spacing_mm`` -> a bias-corrected float32 copy.
+
+        The correction ``prepare_volume`` applies (callers that cache the canonical volume, such
+        as training, apply it once and then prepare with ``bias_correction="none"``).
+        """
+        return correct_bias(volume, self.spacing_mm, grid_mm=self.bias_grid_mm, sigma_mm=self.bias_sigma_mm,
+                            iterations=self.bias_iterations)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> PreprocessConfig:
@@ -575,7 +623,9 @@ def prepare_volume(
     Steps: reorient to RAS+ (a view); ``fixed_spacing_pad``: resample to ``spacing_mm`` when any
     axis is off by more than ``spacing_tolerance``, centre the foreground box (raw value >
     ``foreground_threshold`` in any channel) in the grid; ``fixed_shape_resample``: resample to
-    ``shape``. Intensity statistics come from the resampled canonical volume before placement.
+    ``shape``. With ``bias_correction``, each channel of the resampled canonical volume is then
+    divided by its estimated bias field. Intensity statistics come from the resampled canonical
+    volume before placement.
     Voxels of the grid outside the input hold the pad values.
 
     Memory (beyond the caller's ``data``): the padded grid, a bool foreground mask, and for
@@ -612,6 +662,10 @@ def prepare_volume(
         )
     else:
         resampled, mask, rs, box = _place_fixed_spacing(canon, spacing, config, fit, src)
+        if config.bias_correction != "none":
+            # After resampling, so the field is estimated at the model's spacing; never in place
+            # (``resampled`` may be a view of the caller's data).
+            resampled = config.bias_corrected(resampled)
         lo, hi = box if box is not None else ((0, 0, 0), rs)
         offset, applied = centred_offset(lo, hi, config.shape, shift3)
         placement = Placement(

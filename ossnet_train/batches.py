@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -170,6 +170,10 @@ class CaseCache:
             canon = resample_linear(canon, placement.resampled_shape)
             label = resample_nearest(label, placement.resampled_shape)
         data = np.ascontiguousarray(canon, dtype=np.float32)
+        if self.preprocess.bias_correction != "none":
+            # Once per case: the field does not depend on the placement shift (_shifted then
+            # prepares with the correction off).
+            data = self.preprocess.bias_corrected(data)
         label = np.ascontiguousarray(label, dtype=np.uint8)
         # RAS+ at exactly the grid spacing: prepare_volume will neither reorient nor resample.
         affine = np.diag([*self.preprocess.spacing_mm, 1.0])
@@ -199,7 +203,9 @@ def _shifted(cached: _Cached, config: PreprocessConfig, rng: np.random.Generator
         return cached.static.padded, cached.label, cached.static.pad_values, (0, 0, 0)
     shift = rng.integers(-config.max_shift, config.max_shift + 1, size=3)
     assert cached.data is not None and cached.affine is not None  # set whenever static is None
-    prepared = prepare_volume(cached.data, cached.affine, config, shift=tuple(int(s) for s in shift))
+    # The cached canonical data is already bias-corrected when the config asks for it.
+    placing = config if config.bias_correction == "none" else replace(config, bias_correction="none")
+    prepared = prepare_volume(cached.data, cached.affine, placing, shift=tuple(int(s) for s in shift))
     label = labels_to_grid(cached.label, prepared.placement)
     return prepared.padded, label, prepared.pad_values, prepared.placement.offset
 

@@ -10,6 +10,11 @@
 Usage::
 
     python scripts/package_demo_model.py runs/demo-c/best.pt [--overwrite]
+        [--preprocess-override KEY=VALUE --preprocess-note TEXT]
+
+``--preprocess-override`` (values as JSON) changes the preprocessing the packaged model declares,
+e.g. ``bias_correction='"log_field"'`` for a model trained without it; ``--preprocess-note`` then
+says why, in the checkpoint's provenance and the model card (required with an override).
 
 Then ``scripts/evaluate_demo_model.py`` writes ``evaluation.json`` into the folder and
 ``scripts/write_model_card.py`` writes ``MODEL_CARD.md`` from it.
@@ -18,8 +23,10 @@ Then ``scripts/evaluate_demo_model.py`` writes ``evaluation.json`` into the fold
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
+from ossnet_deploy.preprocess import PreprocessConfig
 from ossnet_export.export_onnx import ExportOptions, export_checkpoint
 from ossnet_train.checkpoint import load_model, save_checkpoint
 from ossnet_train.demo_cohort import MNI_NOTICE
@@ -36,12 +43,26 @@ def main() -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing packaged model")
     parser.add_argument("--checkpoint-out", type=Path, default=CHECKPOINT, help=f"default: {CHECKPOINT}")
     parser.add_argument("--model-dir", type=Path, default=MODEL_DIR, help=f"default: {MODEL_DIR}")
+    parser.add_argument("--preprocess-override", action="append", default=[], metavar="KEY=VALUE",
+                        help="set a preprocessing field (VALUE as JSON), e.g. bias_correction='\"log_field\"'")
+    parser.add_argument("--preprocess-note", default=None, help="why the preprocessing differs from the run's")
     args = parser.parse_args()
 
     model, stored = load_model(args.run_checkpoint)
     training = dict(stored.provenance.get("training") or {})
     training["source_checkpoint"] = args.run_checkpoint.name
-    save_checkpoint(args.checkpoint_out, model, stored.preprocess, training=training, labels=LABELS, overwrite=args.overwrite)
+    preprocess = stored.preprocess
+    if args.preprocess_override:
+        if not args.preprocess_note:
+            parser.error("--preprocess-override needs --preprocess-note (why the model declares other preprocessing)")
+        changes = {}
+        for item in args.preprocess_override:
+            key, _, value = item.partition("=")
+            changes[key] = json.loads(value)
+        preprocess = PreprocessConfig.from_dict({**preprocess, **changes}).to_dict()
+        training["preprocess_overrides"] = changes
+        training["preprocess_note"] = args.preprocess_note
+    save_checkpoint(args.checkpoint_out, model, preprocess, training=training, labels=LABELS, overwrite=args.overwrite)
     result = export_checkpoint(args.checkpoint_out, args.model_dir, options=ExportOptions(overwrite=args.overwrite))
     print(result)
     (args.model_dir / "MNI_NOTICE.txt").write_text(

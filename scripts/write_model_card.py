@@ -27,6 +27,16 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def _bias_text(pre: dict[str, Any]) -> str:
+    """The card's words for the bias-field correction step, or "" when the model has none."""
+    if pre.get("bias_correction", "none") == "none":
+        return ""
+    return (f"bias-field correction (`{pre['bias_correction']}`: `ossnet_deploy.bias_field`, "
+            f"{pre['bias_grid_mm']:g} mm blocks, {pre['bias_sigma_mm']:g} mm smoothing, {pre['bias_iterations']} rounds; "
+            "added when the model was packaged: its training run saw uncorrected images, see "
+            "docs/training.md), ")
+
+
 def _margin(evaluation: dict[str, Any]) -> str:
     """", interpolation margin M logits" when the evaluation recorded its scheduler settings."""
     scheduler = evaluation.get("scheduler") or {}
@@ -126,7 +136,7 @@ lesion, a skull or a child's brain, and nothing here says how it does on such da
   (voxels > {pre['foreground_threshold']}) fits in {pre['shape']} voxels at 1 mm.
 - Output: uint8 labels on the input's grid, `1` = white matter (`{json.dumps(encoder.labels)}`).
 - Preprocessing (in the graphs' metadata, applied by `ossnet_deploy`): reorientation to the
-  canonical axis order, {pre['intensity']} intensity normalisation, placement into the
+  canonical axis order, {_bias_text(pre)}{pre['intensity']} intensity normalisation, placement into the
   {pre['shape']} grid, a {pre['global_downsample']}x mean-pooled global volume for the encoder,
   7^3 patches per query.
 - Architecture: OSS-Net variant C (skip encoder {encoder.model_config['encoder_channels']}, latent

@@ -120,6 +120,33 @@ def test_samples_are_deterministic_and_consistent(tmp_path: Path) -> None:
     assert sorted(case_for_sample(5, i, 3) for i in range(3)) == [0, 1, 2]
 
 
+def test_shifted_training_volumes_are_bias_corrected_once(tmp_path: Path) -> None:
+    """With bias_correction on, the cache corrects the canonical case once and every shifted
+    placement equals prepare_volume with the correction at that shift."""
+    from ossnet_deploy.preprocess import prepare_volume
+    from ossnet_train.batches import _shifted
+
+    write_ellipsoids(tmp_path / "data", range(1))
+    base = _preprocess_config(tiny_config(tmp_path / "data", tmp_path / "run"))
+    preprocess = dataclasses.replace(base, bias_correction="log_field", bias_grid_mm=2.0, bias_sigma_mm=8.0,
+                                     max_shift=2)
+    dataset = make_dataset("generic", tmp_path / "data")
+    cache = CaseCache(dataset, preprocess, band=False)
+    cached = cache.get(0)
+    assert cached.static is None and cached.data is not None
+    case = dataset[0]
+    rng = np.random.default_rng(3)
+    padded, _, pads, offset = _shifted(cached, preprocess, rng)
+    shift = np.random.default_rng(3).integers(-2, 3, size=3)
+    expected = prepare_volume(case.data, case.affine, preprocess, shift=tuple(int(v) for v in shift))
+    assert offset == expected.placement.offset
+    np.testing.assert_allclose(padded, expected.padded, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(pads, expected.pad_values)
+    uncorrected = prepare_volume(case.data, case.affine, dataclasses.replace(preprocess, bias_correction="none"),
+                                 shift=tuple(int(v) for v in shift))
+    assert not np.allclose(padded, uncorrected.padded, atol=1e-3)
+
+
 def test_global_volume_is_recomputed_from_the_augmented_grid(tmp_path: Path) -> None:
     write_ellipsoids(tmp_path / "data", range(1))
     preprocess = _preprocess_config(tiny_config(tmp_path / "data", tmp_path / "run"))
