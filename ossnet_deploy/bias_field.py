@@ -14,8 +14,9 @@ grid:
    overall intensity level);
 3. linear interpolation of the block field back to the voxel grid.
 
-About 0.5 s for a 197x233x189 volume (2 threads; three BLAS products per smoothing). Measured on the demo cohort (a random field of
-log-RMS 0.11-0.20 in tissue): it leaves 0.05-0.08 (docs/training.md).
+About 0.5 s for a 197x233x189 volume on 2 threads (the smoothing and upsampling are BLAS
+matrix products). On the demo cohort (a random field of log-RMS 0.11-0.20 in tissue) it leaves
+0.05-0.08 (docs/training.md).
 """
 
 from __future__ import annotations

@@ -157,7 +157,10 @@ class CaseCache:
     def _prepare(self, index: int) -> _Cached:
         case = self.dataset[index]
         source = str(self.dataset.cases[index].channels[0])
-        prepared = prepare_volume(case.data, case.affine, self.preprocess, source=source)
+        # A shifted case needs only the placement here (the correction of its canonical data
+        # follows once, below), so it is prepared without the bias correction.
+        preprocess = self.preprocess if self.static else _without_bias_correction(self.preprocess)
+        prepared = prepare_volume(case.data, case.affine, preprocess, source=source)
         placement = prepared.placement
         if self.static:
             label = labels_to_grid(case.label, placement, source=source)
@@ -197,6 +200,11 @@ class _Volume:
     band: np.ndarray | None
 
 
+def _without_bias_correction(config: PreprocessConfig) -> PreprocessConfig:
+    """``config`` with the bias correction off: for data corrected already, or placement only."""
+    return config if config.bias_correction == "none" else replace(config, bias_correction="none")
+
+
 def _shifted(cached: _Cached, config: PreprocessConfig, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[int, int, int]]:
     """(padded, grid label, pad values, offset of the label frame in the grid) for this step."""
     if cached.static is not None:
@@ -204,8 +212,8 @@ def _shifted(cached: _Cached, config: PreprocessConfig, rng: np.random.Generator
     shift = rng.integers(-config.max_shift, config.max_shift + 1, size=3)
     assert cached.data is not None and cached.affine is not None  # set whenever static is None
     # The cached canonical data is already bias-corrected when the config asks for it.
-    placing = config if config.bias_correction == "none" else replace(config, bias_correction="none")
-    prepared = prepare_volume(cached.data, cached.affine, placing, shift=tuple(int(s) for s in shift))
+    prepared = prepare_volume(cached.data, cached.affine, _without_bias_correction(config),
+                              shift=tuple(int(s) for s in shift))
     label = labels_to_grid(cached.label, prepared.placement)
     return prepared.padded, label, prepared.pad_values, prepared.placement.offset
 

@@ -153,7 +153,7 @@ def _training_facts(config_path: Path) -> dict[str, object]:
     return {
         "train_cases": list(config["train_cases"]), "val_cases": list(config["val_cases"]),
         "options": config["train"], "plan": config["plan"], "torch": config["torch"], "threads": config["threads"],
-        "device": config.get("device", "cpu"),
+        "device": config.get("device", "cpu"), "preprocess": config["preprocess"],
         "steps": steps[-1]["step"] if steps else 0,
         "step_seconds_total": sum(r["step_seconds"] for r in steps),
         "validation_seconds_total": sum(r["seconds"] for r in vals),

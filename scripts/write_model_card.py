@@ -27,14 +27,20 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def _bias_text(pre: dict[str, Any]) -> str:
-    """The card's words for the bias-field correction step, or "" when the model has none."""
+def _bias_text(pre: dict[str, Any], training: dict[str, Any] | None) -> str:
+    """The card's words for the bias-field correction step, or "" when the model has none.
+
+    Says so when the training run's own preprocessing (``evaluation.json``) did not correct.
+    """
     if pre.get("bias_correction", "none") == "none":
         return ""
-    return (f"bias-field correction (`{pre['bias_correction']}`: `ossnet_deploy.bias_field`, "
-            f"{pre['bias_grid_mm']:g} mm blocks, {pre['bias_sigma_mm']:g} mm smoothing, {pre['bias_iterations']} rounds; "
-            "added when the model was packaged: its training run saw uncorrected images, see "
-            "docs/training.md), ")
+    text = (f"bias-field correction (`{pre['bias_correction']}`: `ossnet_deploy.bias_field`, "
+            f"{pre['bias_grid_mm']:g} mm blocks, {pre['bias_sigma_mm']:g} mm smoothing, {pre['bias_iterations']} rounds")
+    trained = (training or {}).get("preprocess")
+    if trained is not None and trained.get("bias_correction", "none") == "none":
+        text += ("; added when the model was packaged: its training run saw uncorrected images, see "
+                 "docs/training.md")
+    return text + "), "
 
 
 def _margin(evaluation: dict[str, Any]) -> str:
@@ -136,7 +142,7 @@ lesion, a skull or a child's brain, and nothing here says how it does on such da
   (voxels > {pre['foreground_threshold']}) fits in {pre['shape']} voxels at 1 mm.
 - Output: uint8 labels on the input's grid, `1` = white matter (`{json.dumps(encoder.labels)}`).
 - Preprocessing (in the graphs' metadata, applied by `ossnet_deploy`): reorientation to the
-  canonical axis order, {_bias_text(pre)}{pre['intensity']} intensity normalisation, placement into the
+  canonical axis order, {_bias_text(pre, training)}{pre['intensity']} intensity normalisation, placement into the
   {pre['shape']} grid, a {pre['global_downsample']}x mean-pooled global volume for the encoder,
   7^3 patches per query.
 - Architecture: OSS-Net variant C (skip encoder {encoder.model_config['encoder_channels']}, latent

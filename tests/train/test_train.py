@@ -120,7 +120,7 @@ def test_samples_are_deterministic_and_consistent(tmp_path: Path) -> None:
     assert sorted(case_for_sample(5, i, 3) for i in range(3)) == [0, 1, 2]
 
 
-def test_shifted_training_volumes_are_bias_corrected_once(tmp_path: Path) -> None:
+def test_shifted_training_volumes_are_bias_corrected_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """With bias_correction on, the cache corrects the canonical case once and every shifted
     placement equals prepare_volume with the correction at that shift."""
     from ossnet_deploy.preprocess import prepare_volume
@@ -132,8 +132,17 @@ def test_shifted_training_volumes_are_bias_corrected_once(tmp_path: Path) -> Non
                                      max_shift=2)
     dataset = make_dataset("generic", tmp_path / "data")
     cache = CaseCache(dataset, preprocess, band=False)
+    from ossnet_deploy import preprocess as preprocess_module
+
+    calls: list[int] = []
+    estimate = preprocess_module.correct_bias
+    monkeypatch.setattr(preprocess_module, "correct_bias", lambda *a, **k: calls.append(1) or estimate(*a, **k))
     cached = cache.get(0)
     assert cached.static is None and cached.data is not None
+    assert len(calls) == 1  # the case's field is estimated once, not also for its first placement
+    _shifted(cached, preprocess, np.random.default_rng(0))
+    assert len(calls) == 1  # nor for a shifted placement
+    monkeypatch.undo()
     case = dataset[0]
     rng = np.random.default_rng(3)
     padded, _, pads, offset = _shifted(cached, preprocess, rng)
