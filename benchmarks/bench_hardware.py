@@ -52,6 +52,7 @@ from harness import (
 from workloads import DEFAULT_ROOT, MANIFEST, load_manifest
 
 MATMUL_WIDTH = 512
+DEVICE_LABELS = {"cpu": "ONNX Runtime", "openvino": "OpenVINO"}
 #: the issue's figure for brats C, MFLOP per query
 ISSUE_BRATS_C_MFLOP = 8.43
 
@@ -70,19 +71,23 @@ def _median_call_seconds(run: Any, feeds: Sequence[Any], calls: int) -> float:
 
 
 def _worker_decoder(spec: dict[str, Any]) -> dict[str, Any]:
-    """Decoder graph alone (and Segmenter.query with a volume) on chunks of ``spec["chunk"]`` queries."""
+    """Decoder graph alone (and Segmenter.query with a volume) on chunks of ``spec["chunk"]`` queries,
+    on ``spec["device"]``: ``cpu`` (ONNX Runtime) or ``openvino``."""
+    from ossnet_deploy.backends.openvino import OpenVinoBackend
     from ossnet_deploy.backends.ort import OrtBackend
     from ossnet_deploy.metadata import COORDS, LATENT, LOGITS, PATCHES
     from ossnet_deploy.segmenter import Segmenter
 
-    n, calls = spec["chunk"], spec["calls"]
+    n, calls, device = spec["chunk"], spec["calls"], spec.get("device", "cpu")
     rng = np.random.default_rng(0)
-    backend = OrtBackend(Path(spec["model_dir"]) / "decoder.onnx", device="cpu", threads=spec["threads"])
+    path = Path(spec["model_dir"]) / "decoder.onnx"
+    backend = (OpenVinoBackend(path, threads=spec["threads"]) if device == "openvino"
+               else OrtBackend(path, device="cpu", threads=spec["threads"]))
     latent_shape = [int(d) for d in backend.inputs[LATENT].shape]
     latent = rng.standard_normal(latent_shape).astype(np.float32)
     seg = state = None
     if spec.get("input"):
-        seg = Segmenter.from_dir(spec["model_dir"], device="cpu", threads=spec["threads"], max_queries=n)
+        seg = Segmenter.from_dir(spec["model_dir"], device=device, threads=spec["threads"], max_queries=n)
         state = seg.encode(spec["input"])
         latent = np.ascontiguousarray(state.latent, dtype=np.float32)
     run = backend.bind({LATENT: latent})
@@ -174,43 +179,53 @@ def study(args: argparse.Namespace, models: list[tuple[str, Path, str | None]]) 
     for name, model_dir, volume in models:
         config = _model_config(model_dir)
         flops = query_flops(config)
-        decoder_runs, matmul_runs = [], []
-        for repeat in range(args.repeats):  # alternated: decoder, matmul, decoder, matmul, ...
+        devices = [d for d in args.devices.split(",") if d]
+        decoder_runs: dict[str, list[dict[str, Any]]] = {d: [] for d in devices}
+        matmul_runs = []
+        for repeat in range(args.repeats):  # alternated: decoder per device, matmul, decoder, ...
             print(f"[{name}] repeat {repeat + 1}/{args.repeats}", flush=True)
-            decoder_runs.append(spawn(script, "decoder", {"model_dir": str(model_dir), "input": volume,
-                                                          "chunk": args.chunk, "calls": args.calls,
-                                                          "threads": args.threads},
-                                      threads=args.threads, timeout=args.timeout))
+            for device in devices:
+                decoder_runs[device].append(spawn(script, "decoder", {"model_dir": str(model_dir), "input": volume,
+                                                                      "chunk": args.chunk, "calls": args.calls,
+                                                                      "threads": args.threads, "device": device},
+                                                  threads=args.threads, timeout=args.timeout))
             matmul_runs.append(spawn(script, "matmul", {"chunk": args.chunk, "width": MATMUL_WIDTH, "calls": args.calls,
                                                         "threads": args.threads},
                                      threads=args.threads, timeout=args.timeout))
-        defined = [d["graph_queries_per_second"] * flops.as_defined / m["flops_per_second"]
-                   for d, m in zip(decoder_runs, matmul_runs, strict=True)]
-        executed = [d["graph_queries_per_second"] * flops.as_executed / m["flops_per_second"]
-                    for d, m in zip(decoder_runs, matmul_runs, strict=True)]
-        qps = median([d["graph_queries_per_second"] for d in decoder_runs])
-        query_qps = median([d.get("query_queries_per_second") for d in decoder_runs])
         matmul = median([m["flops_per_second"] for m in matmul_runs])
-        summary = {"queries_per_second_graph": qps, "queries_per_second_with_patches": query_qps,
-                   "matmul_flops_per_second": matmul, "fraction_as_defined": median(defined),
-                   "fraction_as_executed": median(executed), "flops": flops.to_dict(),
-                   "decoder_gflops_as_defined": None if qps is None else qps * flops.as_defined / 1e9}
+        summaries = {}
+        for device, runs in decoder_runs.items():
+            defined = [d["graph_queries_per_second"] * flops.as_defined / m["flops_per_second"]
+                       for d, m in zip(runs, matmul_runs, strict=True)]
+            executed = [d["graph_queries_per_second"] * flops.as_executed / m["flops_per_second"]
+                        for d, m in zip(runs, matmul_runs, strict=True)]
+            qps = median([d["graph_queries_per_second"] for d in runs])
+            query_qps = median([d.get("query_queries_per_second") for d in runs])
+            summary = {"queries_per_second_graph": qps, "queries_per_second_with_patches": query_qps,
+                       "matmul_flops_per_second": matmul, "fraction_as_defined": median(defined),
+                       "fraction_as_executed": median(executed), "flops": flops.to_dict(),
+                       "decoder_gflops_as_defined": None if qps is None else qps * flops.as_defined / 1e9}
+            summaries[device] = summary
+            fraction = summary["fraction_as_defined"]
+            rows.append([name, f"{config.get('variant')} / {config.get('preset')}", DEVICE_LABELS.get(device, device),
+                         f"{flops.as_defined / 1e6:.2f}", f"{flops.as_executed / 1e6:.2f}", f"{qps:,.0f}",
+                         "n/a" if query_qps is None else f"{query_qps:,.0f}",
+                         f"{summary['decoder_gflops_as_defined']:.1f}", f"{matmul / 1e9:.1f}", f"{fraction:.1%}",
+                         f"{summary['fraction_as_executed']:.1%}",
+                         "**pass**" if fraction >= 0.5 else "**FAIL**"])
         payload.append({"model": name, "model_dir": str(model_dir), "volume": volume, "model_config": config,
-                        "summary": summary, "decoder_runs": decoder_runs, "matmul_runs": matmul_runs})
-        fraction = summary["fraction_as_defined"]
-        rows.append([name, f"{config.get('variant')} / {config.get('preset')}", f"{flops.as_defined / 1e6:.2f}",
-                     f"{flops.as_executed / 1e6:.2f}", f"{qps:,.0f}",
-                     "n/a" if query_qps is None else f"{query_qps:,.0f}",
-                     f"{summary['decoder_gflops_as_defined']:.1f}", f"{matmul / 1e9:.1f}", f"{fraction:.1%}",
-                     f"{summary['fraction_as_executed']:.1%}",
-                     "**pass**" if fraction >= 0.5 else "**FAIL**"])
-    env = environment(args.threads, {"repeats": args.repeats, "chunk": args.chunk, "calls": args.calls})
+                        "summary": summaries, "decoder_runs": decoder_runs, "matmul_runs": matmul_runs})
+    env = environment(args.threads, {"repeats": args.repeats, "chunk": args.chunk, "calls": args.calls,
+                                     "devices": args.devices})
     parts = ["# Closeness to the hardware", "", environment_markdown(env), "",
              f"Decoder graph on chunks of {args.chunk} queries and ORT's fp32 MatMul ({args.chunk} x {MATMUL_WIDTH}) @ "
              f"({MATMUL_WIDTH} x {MATMUL_WIDTH}), each its own process, alternated {args.repeats} times; medians of "
              f"{args.calls} calls per process after one warm-up call. Fractions are per-repeat ratios, median. "
              "Target: decoder compute >= 50 % of the MatMul rate, with FLOPs as defined (contracts.md section 10).",
-             "", table(["model", "variant / preset", "MFLOP/query as defined", "as executed", "queries/s (graph)",
+             "The decoder runs in ONNX Runtime's CPU provider and, where openvino is installed, in OpenVINO "
+             "(`device=\"openvino\"`: static query buckets, elementwise chains fused); the yardstick is ONNX "
+             "Runtime's MatMul for both.",
+             "", table(["model", "variant / preset", "decoder runs in", "MFLOP/query as defined", "as executed", "queries/s (graph)",
                         "queries/s (with patch cutting)", "decoder GFLOP/s (as defined)", "MatMul GFLOP/s",
                         "fraction (as defined)", "fraction (as executed)", "target >= 50 %"], rows), ""]
     cross: list[list[object]] = []
@@ -240,6 +255,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--manifest", type=Path, default=DEFAULT_ROOT / MANIFEST)
     parser.add_argument("--workloads", default="", help="comma list of manifest workloads (default: all)")
     parser.add_argument("--chunk", type=int, default=4096, help="queries per decoder call (the runtime's default)")
+    parser.add_argument("--devices", default=None,
+                        help="comma list of decoder devices: cpu (ONNX Runtime), openvino (default: cpu, and openvino "
+                             "when it is installed)")
     parser.add_argument("--calls", type=int, default=20, help="timed calls per process")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
@@ -249,6 +267,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--tag", default="")
     args = parser.parse_args(argv)
+    if args.devices is None:
+        import importlib.util
+
+        args.devices = "cpu,openvino" if importlib.util.find_spec("openvino") else "cpu"
     models: list[tuple[str, Path, str | None]] = []
     if args.models:
         if args.inputs and len(args.inputs) != len(args.models):

@@ -17,7 +17,7 @@ mkdir -p benchmarks/results
   # (a), (b): all five programs; (c): the three its target names. PyTorch eager and the paper's
   # reference scheduler take 8+ minutes per run on (c) and no (c) target needs them.
   python benchmarks/bench_peers.py --repeats 3 --dense-cache "$cache" \
-      --programs-for c=ossnet-ort,unet3d,monai
+      --programs-for c=ossnet-ort,ossnet-ov,unet3d,monai
   python benchmarks/bench_peers.py --study scaling --repeats 2
   python benchmarks/bench_hardware.py --repeats 3
   echo "done: $(date -u '+%Y-%m-%d %H:%M:%S UTC')"

@@ -1,8 +1,10 @@
 """Device strings, ONNX Runtime execution providers and CPU thread counts.
 
-A device string names where the graphs run: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"``,
-``"trt"`` or ``"trt:N"``; ``"gpu"`` / ``"gpu:N"`` are aliases of ``cuda`` (TotalSegmentator's
-spelling). :func:`parse_device` turns the string into a :class:`DeviceRequest`;
+A device string names where the graphs run: ``"auto"``, ``"cpu"``, ``"openvino"``, ``"cuda"``,
+``"cuda:N"``, ``"trt"`` or ``"trt:N"``; ``"gpu"`` / ``"gpu:N"`` are aliases of ``cuda``
+(TotalSegmentator's spelling), ``"ov"`` of ``openvino``. ``openvino`` is the CPU with the decoder
+compiled by OpenVINO (optional package; ``ossnet_deploy.backends.openvino``) and the encoder in
+ONNX Runtime's CPU provider. :func:`parse_device` turns the string into a :class:`DeviceRequest`;
 :func:`plan_providers` turns a request and the providers this ONNX Runtime build offers into a
 :class:`ProviderPlan` (the provider list handed to ``InferenceSession``).
 
@@ -52,8 +54,9 @@ TRT_PROVIDER = "TensorrtExecutionProvider"
 GPU_INSTALL_FIX = "pip uninstall -y onnxruntime && pip install onnxruntime-gpu"
 _TRT_INSTALL_FIX = f"{GPU_INSTALL_FIX} && pip install 'ossnet[trt]'"
 
-_DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda|gpu|trt|tensorrt)(?::(\d+))?$")
-_DEVICE_CHOICES = "auto, cpu, cuda, cuda:N, gpu, gpu:N, trt or trt:N"
+_DEVICE_PATTERN = re.compile(r"^(auto|cpu|openvino|ov|cuda|gpu|trt|tensorrt)(?::(\d+))?$")
+_DEVICE_CHOICES = "auto, cpu, openvino, cuda, cuda:N, gpu, gpu:N, trt or trt:N"
+_NO_INDEX = ("auto", "cpu", "openvino", "ov")
 
 # Distributions that all install the `onnxruntime` module; two of them at once shadow each other.
 _ORT_DISTRIBUTIONS = (
@@ -70,7 +73,7 @@ class DeviceRequest:
     """A parsed device string.
 
     Attributes:
-        kind: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"trt"``.
+        kind: ``"auto"``, ``"cpu"``, ``"openvino"``, ``"cuda"`` or ``"trt"``.
         index: GPU ordinal (``device_id`` of the CUDA/TensorRT providers); 0 unless given.
         text: the string as the caller wrote it (for messages).
     """
@@ -118,12 +121,12 @@ def parse_device(text: str) -> DeviceRequest:
     """
     cleaned = str(text).strip().lower()
     match = _DEVICE_PATTERN.match(cleaned)
-    if match is None or (match.group(1) in ("auto", "cpu") and match.group(2) is not None):
+    if match is None or (match.group(1) in _NO_INDEX and match.group(2) is not None):
         raise InputError(
             describe(None, f"unknown device {text!r}", expected=_DEVICE_CHOICES, found=repr(text),
                      fix="pass one of the listed device strings, e.g. device='cuda:0' or '-d cpu'")
         )
-    kind = {"gpu": "cuda", "tensorrt": "trt"}.get(match.group(1), match.group(1))
+    kind = {"gpu": "cuda", "tensorrt": "trt", "ov": "openvino"}.get(match.group(1), match.group(1))
     index = int(match.group(2)) if match.group(2) is not None else 0
     return DeviceRequest(kind=kind, index=index, text=str(text))
 
@@ -170,7 +173,8 @@ def plan_providers(
     def cuda_plan() -> ProviderPlan:
         return ProviderPlan("cuda", req.index, (CUDA_PROVIDER, CPU_PROVIDER), (_cuda_options(req.index), {}), req)
 
-    if req.kind == "cpu":
+    if req.kind in ("cpu", "openvino"):
+        # openvino: the decoder runs in OpenVINO (backends/openvino.py), the encoder here.
         return cpu
     if req.kind == "cuda":
         if CUDA_PROVIDER not in offered:

@@ -89,6 +89,9 @@ builds by default. Not measured here (no GPU in this project's CI)."""
 
 PRECISIONS = ("fp32", "fp16")
 
+CPU_DEVICES = ("cpu", "openvino")
+"""Backend devices that are the CPU (the CPU chunk default and the fp16 warning apply)."""
+
 Progress = Callable[[str, int, int], None]
 """``progress(stage, done, total)``: stages ``read``, ``prepare``, ``encode`` (1 of 1 when
 finished), every scheduler stage (queries done of queries planned so far), ``restore``."""
@@ -330,7 +333,7 @@ class Segmenter:
         limit = decoder.max_queries_limit
         chunk = max_queries
         if chunk is None:
-            chunk = DEFAULT_MAX_QUERIES if decoder.device == "cpu" else GPU_DEFAULT_MAX_QUERIES
+            chunk = DEFAULT_MAX_QUERIES if decoder.device in CPU_DEVICES else GPU_DEFAULT_MAX_QUERIES
             chunk = chunk if limit is None else min(chunk, limit)
         if limit is not None and chunk > limit:
             raise InputError(describe(decoder.path, "max_queries exceeds the TensorRT engine's profile",
@@ -399,7 +402,7 @@ class Segmenter:
         decoder_meta = read_graph_metadata(files.decoder)
         check_pair(encoder_meta, decoder_meta, files.encoder, files.decoder)
         encoder, decoder = _load_backends(files, request, threads)
-        if precision == "fp16" and decoder.device == "cpu":
+        if precision == "fp16" and decoder.device in CPU_DEVICES:
             warn_once(describe(files.decoder, "fp16 runs on the CPU here, where it is slower than fp32",
                                fix="use precision='fp32' on CPUs; fp16 pays off on GPUs"))
         return cls(encoder, decoder, encoder_meta, decoder_meta, max_queries=max_queries, mode=mode,
@@ -419,7 +422,7 @@ class Segmenter:
 
     @property
     def device(self) -> str:
-        """Where the decoder runs: ``cpu``, ``cuda:N`` or ``trt:N``."""
+        """Where the decoder runs: ``cpu``, ``openvino`` (the CPU, through OpenVINO), ``cuda:N`` or ``trt:N``."""
         return self.decoder.device
 
     # ----------------------------------------------------------------------- research API
@@ -638,5 +641,11 @@ def _load_backends(files: ModelFiles, request: DeviceRequest, threads: int | Non
         return (TrtBackend(encoder_engine, source_onnx=files.encoder, plan=plan, threads=threads),
                 TrtBackend(decoder_engine, source_onnx=files.decoder, plan=plan, threads=threads))
     encoder = OrtBackend(files.encoder, device=plan, threads=threads)
+    if request.kind == "openvino":
+        # Only the decoder: it runs ~600 k times per volume and its elementwise chains are what
+        # OpenVINO fuses; the encoder runs once, and ONNX Runtime's slabbed run keeps its peak low.
+        from ossnet_deploy.backends.openvino import OpenVinoBackend
+
+        return encoder, OpenVinoBackend(files.decoder, threads=threads)
     decoder = OrtBackend(files.decoder, device=encoder.plan, threads=threads)
     return encoder, decoder

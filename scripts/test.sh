@@ -23,7 +23,7 @@ echo "== full environment ($FULL): torch, training, export, runtime"
 "$FULL/bin/pip" install "${PIP_FLAGS[@]}" --upgrade pip
 # torch first, pinned, so that the project's torch range keeps this CPU build.
 "$FULL/bin/pip" install "${PIP_FLAGS[@]}" "torch==${OSSNET_TORCH_VERSION:-2.13.0}"
-"$FULL/bin/pip" install "${PIP_FLAGS[@]}" -c constraints.txt -e ".[train,export,dev]"
+"$FULL/bin/pip" install "${PIP_FLAGS[@]}" -c constraints.txt -e ".[train,export,dev,openvino]"
 # nilearn only ships the MNI template for the demo cohort; its own dependencies are not needed.
 "$FULL/bin/pip" install "${PIP_FLAGS[@]}" --no-deps "nilearn==0.14.1"
 "$FULL/bin/ruff" check .

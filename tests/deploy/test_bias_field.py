@@ -98,3 +98,16 @@ def test_prepare_volume_normalises_the_corrected_volume() -> None:
     np.testing.assert_array_equal(got.padded, expected.padded)
     assert got.placement == expected.placement
     assert not np.array_equal(got.padded, prepare_volume(data, affine, off).padded)
+
+
+def test_nearest_centre_equals_argmin_including_ties() -> None:
+    from ossnet_deploy.bias_field import _nearest
+
+    rng = np.random.default_rng(3)
+    centres = np.array([-1.0, 0.25, 2.0])
+    x = np.concatenate([rng.normal(0, 2, 10_000), (centres[1:] + centres[:-1]) / 2, centres])
+    want = np.argmin(np.abs(x[:, None] - centres[None]), axis=1)
+    np.testing.assert_array_equal(_nearest(x, centres), want)
+    unordered = np.array([0.5, -1.0, 0.5])  # not increasing (and a duplicate): the general path
+    want = np.argmin(np.abs(x[:, None] - unordered[None]), axis=1)
+    np.testing.assert_array_equal(_nearest(x, unordered), want)

@@ -38,9 +38,9 @@ def test_parse_device_accepts_documented_forms(text: str, kind: str, index: int)
     assert request.text == text
 
 
-@pytest.mark.parametrize("text", ["", "cuda:", "cuda:-1", "cpu:0", "auto:1", "mps", "gpu0", "cuda:x"])
+@pytest.mark.parametrize("text", ["", "cuda:", "cuda:-1", "cpu:0", "auto:1", "mps", "gpu0", "cuda:x", "ov:0", "openvino:1"])
 def test_parse_device_rejects_unknown_strings(text: str) -> None:
-    with pytest.raises(InputError, match=r"unknown device .*expected auto, cpu, cuda, cuda:N"):
+    with pytest.raises(InputError, match=r"unknown device .*expected auto, cpu, openvino, cuda, cuda:N"):
         parse_device(text)
 
 
