@@ -14,7 +14,7 @@ log=benchmarks/results/full_run.log
 mkdir -p benchmarks/results
 {
   echo "full run: $(date -u '+%Y-%m-%d %H:%M:%S UTC'), git $(git rev-parse --short HEAD)"
-  # (a), (b): all five programs; (c): the three its target names. PyTorch eager and the paper's
+  # (a), (b): every program; (c): ours (ONNX Runtime, OpenVINO), the U-Net and MONAI. PyTorch eager and the paper's
   # reference scheduler take 8+ minutes per run on (c) and no (c) target needs them.
   python benchmarks/bench_peers.py --repeats 3 --dense-cache "$cache" \
       --programs-for c=ossnet-ort,ossnet-ov,unet3d,monai
