@@ -5,9 +5,9 @@ Why it exists: on a CPU, ONNX Runtime runs every node of the decoder as its own 
 function in Mul/Add/Abs/Div nodes), and they take about 40 % of the demo decoder's time
 (docs/benchmarks.md). OpenVINO's CPU plugin compiles each chain of elementwise nodes into one
 JIT kernel ("snippets"), which needs **static shapes**. So this backend compiles the graph for
-fixed query counts (``buckets``, default 1024 and 128) and runs any query count as full
-buckets plus one zero-padded tail; decoder rows are independent (running BatchNorm statistics),
-so padding cannot change the real rows.
+fixed query counts (``buckets``, default one: 1024) and runs any query count as full buckets plus
+one zero-padded tail; decoder rows are independent (running BatchNorm statistics), so padding
+cannot change the real rows.
 
 Loading: ONNX Runtime's basic optimisation level (hardware-independent rewrites, chiefly constant
 folding) runs first. The exported decoder *builds* its 343x343 patch matrices from the patch
@@ -45,10 +45,12 @@ from ossnet_deploy.errors import DependencyError, InputError, ModelFormatError, 
 
 __all__ = ["DEFAULT_BUCKETS", "OPENVINO_INSTALL_FIX", "OpenVinoBackend", "import_openvino"]
 
-DEFAULT_BUCKETS: tuple[int, ...] = (1024, 128)
-"""Query counts the decoder is compiled for. 1024 runs as fast per query as 4096 (measured,
-docs/benchmarks.md) and pads at most 1023 rows; 128 keeps small tails (the last chunk of a
-scheduler round, ``Segmenter.query`` on a few points) cheap. Each costs about 0.3 s to compile."""
+DEFAULT_BUCKETS: tuple[int, ...] = (1024,)
+"""Query counts the decoder is compiled for. 1024 runs as fast per query as 2048 or 4096 and pads
+at most 1023 rows (the tail of each scheduler round: about 1 % more rows on the demo subject).
+Every bucket is a compiled model with its own copy of the weights: a second one of 128 for small
+tails saved no measurable time on the benchmark workloads and cost 19 MB (demo) to 70 MB (brats)
+of peak memory (docs/runtime.md). About 0.3 s to compile each."""
 
 OPENVINO_INSTALL_FIX = "pip install 'ossnet[openvino]'  (or: pip install openvino), or use device='cpu'"
 
@@ -71,8 +73,10 @@ class OpenVinoBackend(Backend):
     Args:
         path: the ``.onnx`` file.
         threads: CPU threads (``INFERENCE_NUM_THREADS``); default: the physical cores available.
-        buckets: query counts to compile for (positive, distinct); used only when the graph has
-            a dynamic axis. Every dynamic axis must carry the same size name (``num_queries``).
+        buckets: query counts to compile for (positive); used only when the graph has a dynamic
+            axis. A call runs as full pieces of the largest bucket and a tail padded to the
+            smallest bucket that holds it. Every dynamic axis must carry the same size name
+            (``num_queries``).
 
     Raises:
         ModelFormatError: the file is missing, cannot be loaded, or has dynamic axes of several names.
@@ -99,8 +103,8 @@ class OpenVinoBackend(Backend):
                                       found=repr(threads), fix="pass threads=None or a positive int"))
         sizes = sorted({int(b) for b in buckets}, reverse=True) if buckets else []
         if not sizes or sizes[-1] < 1 or any(isinstance(b, bool) or int(b) != b for b in buckets):
-            raise InputError(describe(None, "invalid buckets", expected="positive query counts, e.g. (1024, 128)",
-                                      found=repr(tuple(buckets)), fix="pass buckets=(1024, 128)"))
+            raise InputError(describe(None, "invalid buckets", expected="positive query counts, e.g. (1024,)",
+                                      found=repr(tuple(buckets)), fix="pass buckets=(1024,)"))
         openvino = import_openvino()
         self.threads = threads if threads is not None else default_threads()
         self.device = "openvino"
