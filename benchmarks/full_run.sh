@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One full benchmark run (issue #7): every table and plot in benchmarks/results/ from one sitting,
 # one commit of the code. Run it on a quiet machine from the repository root, after
-# `python benchmarks/workloads.py all` (docs/benchmarks.md). About 75 minutes on 2 cores.
+# `python benchmarks/workloads.py all` (docs/benchmarks.md). About 95 minutes on 2 cores.
 #
 #   bash benchmarks/full_run.sh [DENSE_CACHE_DIR]
 #
@@ -18,7 +18,10 @@ mkdir -p benchmarks/results
   # reference scheduler take 8+ minutes per run on (c) and no (c) target needs them.
   python benchmarks/bench_peers.py --repeats 3 --dense-cache "$cache" \
       --programs-for c=ossnet-ort,ossnet-ov,unet3d,monai
-  python benchmarks/bench_peers.py --study scaling --repeats 2
+  # Memory scaling with ONNX Runtime only: ossnet-ov's peak is ossnet-ort's plus OpenVINO's
+  # libraries and compiled decoder (measured on a, b, c above), and its lits runs would add
+  # about 25 minutes.
+  python benchmarks/bench_peers.py --study scaling --repeats 2 --programs ossnet-ort,unet3d,monai
   python benchmarks/bench_hardware.py --repeats 3
   echo "done: $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
 } 2>&1 | tee "$log"
