@@ -24,7 +24,26 @@ import numpy as np
 from ossnet_deploy.errors import InputError, ModelFormatError, describe
 from ossnet_deploy.metadata import TensorSpec
 
-__all__ = ["Backend", "TensorSpec", "check_feed", "describe_spec", "spec_matches"]
+__all__ = ["Backend", "TensorSpec", "check_feed", "check_model_file", "check_threads", "describe_spec", "spec_matches"]
+
+
+def check_model_file(path: str | os.PathLike[str]) -> Path:
+    """``path`` as a Path; :class:`ModelFormatError` when it is not an existing file."""
+    file = Path(path)
+    if not file.is_file():
+        raise ModelFormatError(
+            describe(file, "model file not found", expected="an .onnx file written by ossnet-export",
+                     found="nothing" if not file.exists() else "a folder",
+                     fix="check the path, or export the model with ossnet-export")
+        )
+    return file
+
+
+def check_threads(threads: object) -> None:
+    """:class:`InputError` unless ``threads`` is None or an int >= 1 (bools refused)."""
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise InputError(describe(None, "invalid thread count", expected="an int >= 1 or None (physical cores)",
+                                  found=repr(threads), fix="pass threads=None or a positive int"))
 
 
 def describe_spec(spec: TensorSpec) -> str:

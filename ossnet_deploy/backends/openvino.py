@@ -38,8 +38,8 @@ from typing import Any
 
 import numpy as np
 
-from ossnet_deploy.backends.base import Backend, TensorSpec
-from ossnet_deploy.backends.ort import _spec
+from ossnet_deploy.backends.base import Backend, TensorSpec, check_model_file, check_threads
+from ossnet_deploy.backends.ort import _spec, load_error
 from ossnet_deploy.devices import CPU_PROVIDER, default_threads
 from ossnet_deploy.errors import DependencyError, InputError, ModelFormatError, OssnetError, describe
 
@@ -91,16 +91,8 @@ class OpenVinoBackend(Backend):
         threads: int | None = None,
         buckets: Sequence[int] = DEFAULT_BUCKETS,
     ) -> None:
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise ModelFormatError(
-                describe(self.path, "model file not found", expected="an .onnx file written by ossnet-export",
-                         found="nothing" if not self.path.exists() else "a folder",
-                         fix="check the path, or export the model with ossnet-export")
-            )
-        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-            raise InputError(describe(None, "invalid thread count", expected="an int >= 1 or None (physical cores)",
-                                      found=repr(threads), fix="pass threads=None or a positive int"))
+        self.path = check_model_file(path)
+        check_threads(threads)
         sizes = sorted({int(b) for b in buckets}, reverse=True) if buckets else []
         if not sizes or sizes[-1] < 1 or any(isinstance(b, bool) or int(b) != b for b in buckets):
             raise InputError(describe(None, "invalid buckets", expected="positive query counts, e.g. (1024,)",
@@ -146,12 +138,7 @@ class OpenVinoBackend(Backend):
         try:
             session = onnxruntime.InferenceSession(str(self.path), sess_options=options, providers=[CPU_PROVIDER])
         except Exception as exc:
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ModelFormatError(
-                describe(self.path, "ONNX Runtime cannot load this graph", expected="an ONNX graph written by "
-                         "ossnet-export", found=f"{type(exc).__name__}: {reason[:300]}",
-                         fix="re-export the model with ossnet-export, or check that the file was copied completely")
-            ) from exc
+            raise load_error(self.path, exc) from exc
         self.inputs: dict[str, TensorSpec] = {a.name: _spec(a) for a in session.get_inputs()}
         self.outputs: dict[str, TensorSpec] = {a.name: _spec(a) for a in session.get_outputs()}
         meta = session.get_modelmeta()

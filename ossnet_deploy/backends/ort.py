@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from ossnet_deploy.backends.base import Backend, TensorSpec, check_feed
+from ossnet_deploy.backends.base import Backend, TensorSpec, check_feed, check_model_file, check_threads
 from ossnet_deploy.devices import (
     CPU_PROVIDER,
     CUDA_PROVIDER,
@@ -39,7 +39,7 @@ from ossnet_deploy.devices import (
     warn_if_conflicting_runtimes,
     warn_once,
 )
-from ossnet_deploy.errors import DependencyError, InputError, ModelFormatError, OssnetError, describe
+from ossnet_deploy.errors import DependencyError, ModelFormatError, OssnetError, describe
 
 __all__ = ["OrtBackend", "ort_dtype_name"]
 
@@ -99,18 +99,8 @@ class OrtBackend(Backend):
     ) -> None:
         import onnxruntime
 
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise ModelFormatError(
-                describe(self.path, "model file not found", expected="an .onnx file written by ossnet-export",
-                         found="nothing" if not self.path.exists() else "a folder",
-                         fix="check the path, or export the model with ossnet-export")
-            )
-        if threads is not None and (not isinstance(threads, int) or threads < 1):
-            raise InputError(
-                describe(None, "invalid thread count", expected="an int >= 1 or None (physical cores)",
-                         found=repr(threads), fix="pass threads=None or a positive int")
-            )
+        self.path = check_model_file(path)
+        check_threads(threads)
         warn_if_conflicting_runtimes()
         plan = device if isinstance(device, ProviderPlan) else plan_providers(device)
         if plan.kind != "cpu" and hasattr(onnxruntime, "preload_dlls"):
@@ -149,13 +139,7 @@ class OrtBackend(Backend):
         except OssnetError:
             raise
         except Exception as exc:
-            # ORT raises several pybind types (InvalidProtobuf, Fail, InvalidGraph, NoSuchFile).
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ModelFormatError(
-                describe(self.path, "ONNX Runtime cannot load this graph", expected="an ONNX graph written by "
-                         "ossnet-export", found=f"{type(exc).__name__}: {reason[:300]}",
-                         fix="re-export the model with ossnet-export, or check that the file was copied completely")
-            ) from exc
+            raise load_error(self.path, exc) from exc
 
     def _confirm_providers(self, plan: ProviderPlan) -> ProviderPlan:
         """The plan actually in force: ORT drops a GPU provider that fails to load without raising."""
@@ -225,6 +209,17 @@ class OrtBackend(Backend):
     def close(self) -> None:
         """Drop the session (ORT frees its memory when the last reference goes)."""
         self._session = None
+
+
+def load_error(path: Path, exc: Exception) -> ModelFormatError:
+    """The error for a graph ONNX Runtime could not load (``exc``: whatever ORT raised)."""
+    # ORT raises several pybind types (InvalidProtobuf, Fail, InvalidGraph, NoSuchFile).
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return ModelFormatError(
+        describe(path, "ONNX Runtime cannot load this graph", expected="an ONNX graph written by ossnet-export",
+                 found=f"{type(exc).__name__}: {reason[:300]}",
+                 fix="re-export the model with ossnet-export, or check that the file was copied completely")
+    )
 
 
 def _load_fix(provider: str) -> str:
