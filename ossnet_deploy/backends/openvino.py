@@ -47,7 +47,8 @@ __all__ = ["DEFAULT_BUCKETS", "OPENVINO_INSTALL_FIX", "OpenVinoBackend", "import
 
 DEFAULT_BUCKETS: tuple[int, ...] = (1024,)
 """Query counts the decoder is compiled for. 1024 runs as fast per query as 2048 or 4096 and pads
-at most 1023 rows (the tail of each scheduler round: about 1 % more rows on the demo subject).
+at most 1023 rows per call (the tail of each scheduler chunk: 1.3 % more rows on the demo
+subject, 12.5 % on the BraTS-like benchmark case, whose rounds are small).
 Every bucket is a compiled model with its own copy of the weights: a second one of 128 for small
 tails saved no measurable time on the benchmark workloads and cost 19 MB (demo) to 70 MB (brats)
 of peak memory (docs/runtime.md). About 0.3 s to compile each."""
@@ -93,10 +94,10 @@ class OpenVinoBackend(Backend):
     ) -> None:
         self.path = check_model_file(path)
         check_threads(threads)
-        sizes = sorted({int(b) for b in buckets}, reverse=True) if buckets else []
-        if not sizes or sizes[-1] < 1 or any(isinstance(b, bool) or int(b) != b for b in buckets):
+        if not buckets or not all(isinstance(b, int | np.integer) and not isinstance(b, bool) and b >= 1 for b in buckets):
             raise InputError(describe(None, "invalid buckets", expected="positive query counts, e.g. (1024,)",
                                       found=repr(tuple(buckets)), fix="pass buckets=(1024,)"))
+        sizes = sorted({int(b) for b in buckets}, reverse=True)
         openvino = import_openvino()
         self.threads = threads if threads is not None else default_threads()
         self.device = "openvino"

@@ -73,7 +73,7 @@ def test_bad_arguments_and_files(tmp_path: Path) -> None:
     for threads in (0, -1, True, 1.5):
         with pytest.raises(InputError, match="thread count"):
             OpenVinoBackend(DECODER, threads=threads)  # type: ignore[arg-type]
-    for buckets in ((), (0,), (1024, -8), (2.5,)):
+    for buckets in ((), (0,), (1024, -8), (2.5,), (True,), ("1024",)):
         with pytest.raises(InputError, match="buckets"):
             OpenVinoBackend(DECODER, buckets=buckets)  # type: ignore[arg-type]
 
