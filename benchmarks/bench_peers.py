@@ -134,7 +134,8 @@ def _worker_torch(spec: dict[str, Any]) -> dict[str, Any]:
     from ossnet_deploy.preprocess import PreprocessConfig, labels_to_input, prepare_volume
     from ossnet_deploy.scheduler import SchedulerConfig, run_scheduler
     from ossnet_train.checkpoint import load_model
-    from ossnet_train.validate import evaluation_mode, torch_decoder
+    from ossnet_train.devices import evaluation_mode
+    from ossnet_train.validate import torch_decoder
 
     _torch_threads(spec["threads"])
     imported = _since(started)

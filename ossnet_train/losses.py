@@ -4,6 +4,9 @@ Total loss (ossnet-method.md "Training"): mean BCE over all points of the batch
 ``+ aux_weight * `` mean BCE of the encoder's coarse logits against the max-pooled label
 (variants C and D only; ``aux_weight`` 0.1). We use BCE *with logits* (contracts.md section 5):
 the reference's clamped sigmoid-BCE is numerically worse.
+
+:func:`step_loss` is the forward pass and loss of one collated training batch, for every
+architecture; the training loop and the batch planner's memory probe share it.
 """
 
 from __future__ import annotations
@@ -12,8 +15,12 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-__all__ = ["AUX_WEIGHT", "LossParts", "coarse_target", "occupancy_loss", "voxel_loss"]
+from ossnet_train.devices import autocast
+from ossnet_train.model import OSSNet
+
+__all__ = ["AUX_WEIGHT", "LossParts", "coarse_target", "occupancy_loss", "step_loss", "voxel_loss"]
 
 AUX_WEIGHT = 0.1
 
@@ -75,3 +82,20 @@ def occupancy_loss(
 def voxel_loss(logits: torch.Tensor, targets: torch.Tensor) -> LossParts:
     """Dense BCE with logits for the U-Net baselines: ``logits`` (B, 1, ...) against ``targets`` (B, ...)."""
     return occupancy_loss(logits, targets)
+
+
+def step_loss(model: nn.Module, batch: dict[str, torch.Tensor], device: torch.device,
+              amp_dtype: torch.dtype | None) -> LossParts:
+    """Forward pass and loss of one collated batch (see :class:`~ossnet_train.batches.TrainingSamples`).
+
+    The training loop's step and the batch planner's memory probe both run this.
+    """
+    with autocast(device, amp_dtype):
+        if isinstance(model, OSSNet):
+            out = model(batch["volume"], batch["coords"], batch.get("patches"))
+            return occupancy_loss(out.logits, batch["targets"], out.coarse_logits, batch.get("coarse"))
+        image, target = batch["image"], batch["target"]
+        if model.config.spatial_dims == 2:  # (B, S, C, P, Q): S slices of B volumes -> one 2D batch
+            image, target = image.flatten(0, 1), target.flatten(0, 1)
+        logits = model(image)
+        return voxel_loss(logits, target.unsqueeze(1))

@@ -10,11 +10,10 @@ voxel of the input grid (contracts.md section 10), never over sampled points.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,7 @@ from ossnet_deploy.scheduler import SchedulerConfig, run_scheduler
 from ossnet_train.batches import ValidationCase
 from ossnet_train.checkpoint import load_model
 from ossnet_train.datasets import make_dataset
+from ossnet_train.devices import autocast, evaluation_mode, resolve_device
 from ossnet_train.model import OSSNet
 from ossnet_train.sliding_window import slicewise_logits, sliding_window_logits
 from ossnet_train.unet import ResidualUNet
@@ -44,9 +44,7 @@ from ossnet_train.unet import ResidualUNet
 __all__ = [
     "SubjectScore",
     "ValidationResult",
-    "autocast",
     "evaluate_checkpoint",
-    "evaluation_mode",
     "segment_grid",
     "torch_decoder",
     "validate",
@@ -76,25 +74,6 @@ class ValidationResult:
     def to_dict(self) -> dict[str, object]:
         return {"dice": self.dice, "iou": self.iou, "seconds": self.seconds,
                 "subjects": [asdict(s) for s in self.subjects]}
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager[object]:
-    """``torch.autocast`` on CUDA with ``dtype``; a no-op on CPU or with ``dtype=None`` (fp32)."""
-    if device.type != "cuda" or dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast("cuda", dtype=dtype)
-
-
-@contextlib.contextmanager
-def evaluation_mode(model: nn.Module) -> Iterator[None]:
-    """Eval mode (running BN statistics) and no grad for the block; the previous mode is restored."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        model.train(was_training)
 
 
 def torch_decoder(
@@ -230,8 +209,6 @@ def evaluate_checkpoint(
     ``checkpoint``, ``data``, ``mode``, ``subjects`` (per-subject :class:`SubjectScore` dicts),
     ``failed`` (``case_id``, ``error``), ``dice`` / ``iou`` (means over scored subjects).
     """
-    from ossnet_train.train import resolve_device
-
     if json_out is not None and Path(json_out).exists() and not overwrite:
         raise OutputExistsError(describe(json_out, "output already exists", fix="pass --overwrite or another --json"))
     torch_device = resolve_device(device)

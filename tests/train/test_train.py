@@ -20,12 +20,13 @@ from ossnet_deploy.errors import InputError, ModelFormatError, OutputExistsError
 from ossnet_deploy.preprocess import global_pool
 from ossnet_train import checkpoint
 from ossnet_train.augment import AugmentConfig
+from ossnet_train.batch_plan import plan_batch
 from ossnet_train.batches import CaseCache, SampleConfig, TrainingSamples, case_for_sample
 from ossnet_train.datasets import make_dataset
 from ossnet_train.losses import coarse_target, occupancy_loss
 from ossnet_train.registry import build_model
 from ossnet_train.synthetic import write_ellipsoid_dataset
-from ossnet_train.train import TrainConfig, _model_config, _preprocess_config, _sample_config, fit, plan_batch
+from ossnet_train.train import TrainConfig, _model_config, _preprocess_config, _sample_config, fit
 
 GRID = 32
 TINY_MODEL = (("global_shape", (16, 16, 16)), ("encoder_channels", (1, 8, 16)), ("decoder_width", 32))
