@@ -6,7 +6,7 @@
 Steps, each timed and printed:
 
 1. a checkpoint: ``--checkpoint``, or a perturbed full-size OSS-Net C of ``--preset`` (weights
-   perturbed and calibrated on the phantom by ``ossnet_export.verify.perturb_``);
+   perturbed and calibrated on the phantom by ``ossnet_export.testing.perturb_``);
 2. ``ossnet-export``'s export with ``--fp16`` (fp32 pair verified against PyTorch, fp16 gated);
 3. TensorRT engines for every graph (``ossnet_export.trt.build_folder_engines``: ONNX Runtime's
    TensorRT EP, explicit profiles, EP-context models, ``.engine.json`` side files); each engine
@@ -35,8 +35,9 @@ from ossnet_deploy.devices import CUDA_PROVIDER, available_providers
 from ossnet_deploy.metrics import dice
 from ossnet_deploy.preprocess import PreprocessConfig, preprocess_preset
 from ossnet_export.export_onnx import ExportOptions, export_checkpoint
+from ossnet_export.testing import perturb_
 from ossnet_export.trt import QueryProfile, build_folder_engines, detect_environment
-from ossnet_export.verify import make_case, make_phantom, perturb_
+from ossnet_export.verify import make_case, make_phantom
 
 TOLERANCE = 1e-2
 MIN_DICE = 0.999

@@ -8,7 +8,7 @@ For each of ``c`` (skip encoder + coarse head) and ``a`` (plain encoder, no coar
 
 1. builds a tiny OSS-Net on a 32^3 grid (global 16^3, 1 channel "t1", encoder (1, 8, 16),
    decoder width 32, 3 blocks, so C's latent is 4 x 64) with the demo preset's preprocessing, perturbs every weight and
-   calibrates the normalisation statistics on a phantom (``ossnet_export.verify.perturb_``),
+   calibrates the normalisation statistics on a phantom (``ossnet_export.testing.perturb_``),
    then trains it briefly (Adam, BCE on the phantom's object) so its segmentation follows the
    object ("trained-ish": a real surface, not a constant);
 2. saves a checkpoint in a temporary folder and exports it with ``ossnet_export`` into
@@ -45,12 +45,12 @@ import torch
 from ossnet_deploy.metadata import COARSE_LOGITS, COORDS, LATENT, PATCHES
 from ossnet_deploy.preprocess import encoder_input, labels_to_input, preprocess_preset
 from ossnet_export.export_onnx import ExportOptions, export_checkpoint
+from ossnet_export.testing import perturb_
 from ossnet_export.verify import (
     decoder_feed,
     dense_labels,
     make_case,
     make_phantom,
-    perturb_,
     query_points,
     torch_decode,
     torch_reference,

@@ -5,7 +5,7 @@ Sizes: grid 32^3 (global 16^3), encoder 1 block, decoder width 16 with 2 blocks 
 dynamo export takes a few seconds. O-Net, A and C use the demo preset's
 preprocessing (1 channel); B and D the brats preset's with 2 channels, so multi-channel input
 and large patches (C_p = 4) are covered. Weights go through
-:func:`ossnet_export.verify.perturb_` with calibration on the phantom, so every decoder input
+:func:`ossnet_export.testing.perturb_` with calibration on the phantom, so every decoder input
 moves the logits (a fresh model's CBN conditioning is zero).
 
 O-Net, A, B and D are exported in-process with :func:`export_model`. C is a freshly *trained*
@@ -28,7 +28,8 @@ import torch
 
 from ossnet_deploy.preprocess import PreprocessConfig, preprocess_preset
 from ossnet_export.export_onnx import ExportOptions, ExportResult, export_model
-from ossnet_export.verify import make_case, perturb_
+from ossnet_export.testing import perturb_
+from ossnet_export.verify import make_case
 from ossnet_train.checkpoint import save_checkpoint
 from ossnet_train.model import OSSNet
 from ossnet_train.registry import create_model
