@@ -8,8 +8,8 @@ For each exported model (the manifest's workloads, or ``-m``):
   input's region (patch cutting + coordinates + decoder: what the scheduler pays per query).
 * ``matmul``: ONNX Runtime's own fp32 MatMul ``(chunk x 512) @ (512 x 512)`` in a one-node graph,
   same session options and threads: its FLOP rate is the yardstick.
-* FLOPs per query from the model's configuration (``flops.query_flops``; contracts.md section
-  10: the model as defined, patch convolutions over the valid region). The achieved fraction is
+* FLOPs per query from the model's configuration (``flops.query_flops``; docs/design.md#measuring:
+  the model as defined, patch convolutions over the valid region). The achieved fraction is
   ``queries/s x FLOPs per query / MatMul FLOP/s``, per repeat (decoder and MatMul runs alternate,
   each its own process), median over repeats. The same with the FLOPs the graph executes
   (dense patch matrices) is listed beside it.
@@ -221,7 +221,7 @@ def study(args: argparse.Namespace, models: list[tuple[str, Path, str | None]]) 
              f"Decoder graph on chunks of {args.chunk} queries and ORT's fp32 MatMul ({args.chunk} x {MATMUL_WIDTH}) @ "
              f"({MATMUL_WIDTH} x {MATMUL_WIDTH}), each its own process, alternated {args.repeats} times; medians of "
              f"{args.calls} calls per process after one warm-up call. Fractions are per-repeat ratios, median. "
-             "Target: decoder compute >= 50 % of the MatMul rate, with FLOPs as defined (contracts.md section 10).",
+             "Target: decoder compute >= 50 % of the MatMul rate, with FLOPs as defined (docs/design.md#measuring).",
              "The decoder runs in ONNX Runtime's CPU provider and, where openvino is installed, in OpenVINO "
              "(`device=\"openvino\"`: static query buckets, elementwise chains fused); the yardstick is ONNX "
              "Runtime's MatMul for both.",
@@ -234,7 +234,7 @@ def study(args: argparse.Namespace, models: list[tuple[str, Path, str | None]]) 
         parts += ["## FLOPs per query of brats C, counted four ways (MFLOP)", "",
                   table(["count", "MFLOP"], cross), "",
                   f"The issue's {ISSUE_BRATS_C_MFLOP} matches the dense patch matrices plus the latent part per "
-                  f"query; the model as defined (contracts.md section 10) counts {cross[0][1]}.", ""]
+                  f"query; the model as defined (docs/design.md#measuring) counts {cross[0][1]}.", ""]
     write_results("hardware" + (f"_{args.tag}" if args.tag else ""),
                   {"environment": env, "results": payload, "cross_check_brats_c_mflop": cross}, "\n".join(parts),
                   args.out)

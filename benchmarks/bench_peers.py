@@ -18,7 +18,7 @@ as a user's command line would do it):
 The dense programs read the input with ``ossnet_deploy.inputs.resolve_volume`` and normalise it
 with the workload preset's intensity rule, so only the network and its sliding window differ.
 ``dense`` (Segmenter, every voxel) runs once per volume, outside every median, as the
-correctness reference of the OSS-Net programs (Dice over foreground, contracts.md section 10).
+correctness reference of the OSS-Net programs (Dice over foreground, docs/design.md#measuring).
 
 Studies (``--study``):
 

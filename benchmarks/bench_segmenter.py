@@ -1,7 +1,7 @@
 """Benchmark the runtime: queries, time per stage, peak memory, agreement with dense.
 
 Every measurement runs in its own Python process, so ``VmHWM`` (the kernel's peak resident
-memory, contracts.md section 10) belongs to that run alone; configurations that are compared
+memory, docs/design.md#measuring) belongs to that run alone; configurations that are compared
 run alternately (A B C A B C ...) and the tables report medians over the repeats.
 
 Studies (``--study``):

@@ -12,10 +12,11 @@ targets), activations kept for backward, gradients of activations and temporarie
 Two independent measures, each run in a fresh child process per (mode, N), alternated:
 
 * ``rss``: the peak resident set (``VmHWM`` of ``/proc/self/status``, reset by writing ``5`` to
-  ``/proc/self/clear_refs`` just before the step) minus the resident set before it, as contracts.md
-  section 10 prescribes. The child runs with ``MALLOC_MMAP_THRESHOLD_=65536``: every tensor buffer
-  is then its own ``mmap`` returned to the kernel when freed, so the resident set follows the live
-  tensors instead of glibc's free lists (whose reuse would hide part of the peak).
+  ``/proc/self/clear_refs`` just before the step) minus the resident set before it, as
+  docs/design.md#measuring prescribes. The child runs with ``MALLOC_MMAP_THRESHOLD_=65536``:
+  every tensor buffer is then its own ``mmap`` returned to the kernel when freed, so the
+  resident set follows the live tensors instead of glibc's free lists (whose reuse would hide
+  part of the peak).
 * ``allocator``: torch's CPU allocator events recorded by ``torch.profiler`` (``profile_memory``):
   the running sum of allocated minus freed bytes during the step; its maximum is the exact peak of
   live tensor memory (no page rounding, no non-torch memory).

@@ -1,4 +1,4 @@
-"""FLOPs per decoder query of an OSS-Net model, counted from its configuration (contracts.md section 10).
+"""FLOPs per decoder query of an OSS-Net model, counted from its configuration (docs/design.md#measuring).
 
 One FLOP is one multiply or one add; a multiply-add counts 2. Counted per query, i.e. the work
 that grows with the number of queries (the encoder, the per-volume latent part of decoder block 0

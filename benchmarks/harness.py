@@ -1,4 +1,4 @@
-"""The measuring harness shared by the peer and hardware benchmarks (contracts.md section 10).
+"""The measuring harness shared by the peer and hardware benchmarks (docs/design.md#measuring).
 
 * Every measurement is one fresh Python process (a *worker*): the benchmark script re-runs
   itself as ``python SCRIPT _worker KIND JSON`` (:func:`spawn`, :func:`worker_main`), and the

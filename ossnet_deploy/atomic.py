@@ -3,7 +3,7 @@
 Every file or folder ossnet produces (segmentations, ONNX graphs, engine side files,
 checkpoints, export folders) goes through this module, so a crash, Ctrl-C or full disk
 never leaves a half-written output under the final name, and nothing is overwritten unless
-the caller asked for it (contracts.md section 8).
+the caller asked for it (docs/design.md#errors-and-exit-codes).
 
 The temporary name lives in the destination folder (never in ``/tmp``) because
 ``os.replace`` is only atomic within one file system.

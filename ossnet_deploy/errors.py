@@ -1,4 +1,4 @@
-"""The project's error hierarchy (contracts.md section 8).
+"""The project's error hierarchy (docs/design.md#errors-and-exit-codes).
 
 Every failure a user can cause raises one of these. Messages name the file, what was
 expected, what was found and the fix; :func:`describe` builds such a message so that

@@ -1,6 +1,6 @@
 """Geometry shared by training and the runtime: orientation, resampling and grid placement.
 
-Conventions (contracts.md section 2):
+Conventions (docs/design.md#geometry):
 
 * Array axis order is ``(C, i, j, k)``; every function here treats the **last three** axes as
   spatial, so it accepts ``(X, Y, Z)`` label volumes and ``(C, X, Y, Z)`` images alike.

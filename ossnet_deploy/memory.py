@@ -1,4 +1,4 @@
-"""Peak resident memory of this process (contracts.md section 10).
+"""Peak resident memory of this process (docs/design.md#measuring).
 
 Linux keeps the high-water mark of the resident set as ``VmHWM`` in ``/proc/self/status``;
 writing ``5`` to ``/proc/self/clear_refs`` resets it to the current resident set, so the

@@ -1,7 +1,8 @@
 """The model-file contract: ONNX IO names, the metadata schema, and its readers and checks.
 
-One schema, torch-free (contracts.md sections 5 and 7): the exporter imports this module to
-write ``metadata_props`` and engine side files, the runtime imports it to read and check them.
+One schema, torch-free (docs/design.md#model-io and docs/design.md#model-files-and-metadata):
+the exporter imports this module to write ``metadata_props`` and engine side files, the
+runtime imports it to read and check them.
 
 * IO names (``VOLUME``, ``LATENT``, ...) are the only spelling of the graph signatures; the
   exporter derives its input/output names and dynamic axes from them.
@@ -79,7 +80,7 @@ __all__ = [
 ]
 
 # ----------------------------------------------------------------------------------------
-# IO names (contracts.md section 5)
+# IO names (docs/design.md#model-io)
 
 VOLUME = "volume"
 """Encoder input: (1, C, Dg, Hg, Wg) float32, the normalised global volume (static shape)."""
@@ -111,7 +112,7 @@ def decoder_input_names(has_patches: bool) -> tuple[str, ...]:
 
 
 # ----------------------------------------------------------------------------------------
-# metadata_props keys (contracts.md section 7)
+# metadata_props keys (docs/design.md#model-files-and-metadata)
 
 PRODUCER_NAME = "ossnet-export"
 FORMAT_VERSION = 1
@@ -398,7 +399,7 @@ def _check_io(role: str, io_spec: IOSpec, scheduler: SchedulerFacts) -> None:
 
 @dataclass(frozen=True)
 class GraphMetadata:
-    """The ``ossnet.*`` metadata of one exported graph (contracts.md section 7).
+    """The ``ossnet.*`` metadata of one exported graph (docs/design.md#model-files-and-metadata).
 
     The dict-valued fields hold plain JSON data; they are normalised at construction to the
     form they read back as (tuples become lists), so ``from_props(m.to_props()) == m``.

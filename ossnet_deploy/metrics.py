@@ -1,4 +1,4 @@
-"""Agreement between two binary segmentations (contracts.md section 10).
+"""Agreement between two binary segmentations (docs/design.md#measuring).
 
 Dice and IoU are computed over the foreground of whole volumes: every voxel of the grid
 counts, and two empty segmentations agree perfectly (1.0). The reference implementation

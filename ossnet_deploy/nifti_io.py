@@ -8,7 +8,7 @@ Array conventions: arrays are in the file's stored axis order ``(i, j, k)`` (no 
 here; that is ``preprocess``'s job), channels first for multi-channel data, ``(C, i, j, k)``.
 Affines map voxel indices to scanner millimetres (RAS+), as nibabel reports them.
 
-Output follows contracts.md section 2: ``Nifti1Image(labels, None, header=input.header.copy())``
+Output follows docs/design.md#geometry: ``Nifti1Image(labels, None, header=input.header.copy())``
 with dtype uint8, so shape, affine and qform/sform codes equal the input's.
 """
 

@@ -1,4 +1,4 @@
-"""Query coordinates and local patches (contracts.md section 4): the only patch code in ossnet.
+"""Query coordinates and local patches (docs/design.md#queries-and-patches): the only patch code in ossnet.
 
 A query is an integer voxel ``(i, j, k)`` of the padded grid (int64 ``(N, 3)``). Training and
 the runtime both call these functions, so what the decoder sees cannot drift between them.

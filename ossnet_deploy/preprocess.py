@@ -1,4 +1,5 @@
-"""Preprocessing shared by training and the runtime (contracts.md sections 2-4 and 6).
+"""Preprocessing shared by training and the runtime (docs/design.md#geometry,
+docs/design.md#intensities, docs/design.md#queries-and-patches and docs/design.md#presets).
 
 :func:`prepare_volume` is the single entry point: a stored image ``(C, X, Y, Z)`` plus its affine
 becomes the normalised padded grid, the global volume, the padding values and the

@@ -11,7 +11,7 @@ The caller (runtime: ONNX Runtime; training validation: PyTorch) cuts patches an
 coordinates inside that callable. ``decode`` must be deterministic: a voxel's logit may not
 depend on which other voxels share its call.
 
-Modes (contracts.md section 9, docs/scheduler.md):
+Modes (docs/design.md#scheduler-modes, docs/scheduler.md):
 
 * ``dense``: every voxel of the region; the correctness reference.
 * ``reference``: the paper's stride 4 / 2 / 1 inference, seeded by the coarse segmentation when

@@ -9,7 +9,7 @@ Examples::
 
 ``ossnet-export CHECKPOINT ...`` is short for ``ossnet-export export CHECKPOINT ...``.
 
-Exit codes (contracts.md section 8): 0 done; 1 the checkpoint or the graphs failed (bad
+Exit codes (docs/design.md#errors-and-exit-codes): 0 done; 1 the checkpoint or the graphs failed (bad
 checkpoint, verification failure, fp16 refused); 2 usage error (bad option, output exists
 without ``--overwrite``); 3 missing dependency or hardware (``--trt`` without TensorRT/GPU,
 after the ONNX graphs were written and verified). Errors are one line; ``-v`` adds the traceback.

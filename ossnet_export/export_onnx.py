@@ -94,7 +94,7 @@ ENCODER_FILE = "encoder.onnx"
 DECODER_FILE = "decoder.onnx"
 DECODER_FP16_FILE = "decoder.fp16.onnx"
 DEFAULT_OPSET = 20
-#: The demo preset's size budget for an exported C pair: 16 MB (contracts.md section 6).
+#: The demo preset's size budget for an exported C pair: 16 MB (docs/design.md#presets).
 DEMO_PAIR_BUDGET_BYTES = 16_000_000
 #: Node metadata kept in written graphs: the module scope, which the fp16 conversion needs.
 _KEPT_NODE_PROPS = frozenset({"namespace"})
@@ -461,7 +461,7 @@ def graph_metadata(
     parity: dict[str, Any],
     provenance: dict[str, Any],
 ) -> GraphMetadata:
-    """The metadata of one graph (contracts.md section 7); ``weights_id`` is :func:`pair_id`."""
+    """The metadata of one graph (docs/design.md#model-files-and-metadata); ``weights_id`` is :func:`pair_id`."""
     return GraphMetadata(
         format_version=FORMAT_VERSION,
         role=role,

@@ -2,7 +2,7 @@
 
 The wrappers hold a *reference* to the model (its own encoder, patch encoder and decoder
 modules, nothing copied) and call :meth:`OSSNet.encode` / :meth:`OSSNet.decode`, whose
-signatures are the graphs' (contracts.md section 5). Only the tensor plumbing that the ONNX
+signatures are the graphs' (docs/design.md#model-io). Only the tensor plumbing that the ONNX
 signature needs lives here: the NamedTuple of ``encode`` becomes a tuple of outputs, and O-Net's
 decoder has no ``patches`` input. Data-dependent steps (thresholding, the coarse-to-fine
 schedule, patch cutting) stay outside the graphs, in ``ossnet_deploy``.

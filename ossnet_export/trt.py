@@ -1,6 +1,6 @@
 """TensorRT engines ahead of time, through ONNX Runtime's TensorRT execution provider.
 
-Route (deployment-notes.md section 5): an ONNX Runtime session with the TensorRT EP, explicit
+Route (docs/export.md#tensorrt---trt): an ONNX Runtime session with the TensorRT EP, explicit
 optimisation profiles, engine and timing caches, and ``trt_dump_ep_context_model`` builds the
 engine once here and writes an *EP-context model* ``<graph>_ctx.onnx`` (the serialised engine
 embedded in one ONNX node, ``trt_ep_context_embed_mode=1``) that the runtime loads without
@@ -364,7 +364,7 @@ def engine_info(
     precision: str,
     parity: Mapping[str, Any],
 ) -> EngineInfo:
-    """The ``.engine.json`` payload of one engine (contracts.md section 7)."""
+    """The ``.engine.json`` payload of one engine (docs/design.md#model-files-and-metadata)."""
     if env.tensorrt_version is None or env.compute_capability is None:
         raise ValueError("engine_info needs a TensorRT version and a compute capability (see require_environment)")
     return EngineInfo(

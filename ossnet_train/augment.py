@@ -1,6 +1,6 @@
 """Training-time augmentation of a prepared volume and its grid label (numpy).
 
-ossnet-method.md "Training": each of three augmentations is applied independently with
+OSS-Net's recipe (docs/training.md#the-recipe): each of three augmentations is applied independently with
 probability 0.5, after normalisation, on the padded full-resolution grid:
 
 * flip over a random non-empty subset of the dataset's flip axes (``PreprocessConfig.flip_axes``;
@@ -8,7 +8,7 @@ probability 0.5, after normalisation, on the padded full-resolution grid:
 * brightness: each channel gets ``max(channel) * U(-0.15, 0.15)`` added;
 * Gaussian noise of sigma 0.15 on the image channels (never on the label).
 
-The random placement shift (contracts.md section 2) is not done here: it is ``shift=`` of
+The random placement shift (docs/design.md#geometry) is not done here: it is ``shift=`` of
 ``prepare_volume``. After augmenting, the global volume is recomputed from the augmented padded
 volume by the preprocess module's own 2x2x2 mean pooling, so encoder and patches see the same data.
 """

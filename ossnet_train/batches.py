@@ -329,7 +329,7 @@ class ValidationCase:
     """A validation subject: its prepared volume (no shift, no augmentation) and its label on the input grid.
 
     ``label``: (X, Y, Z) uint8 binary target on the stored grid of the subject (what whole-volume
-    Dice is computed against, contracts.md section 10).
+    Dice is computed against, docs/design.md#measuring).
     """
 
     case_id: str

@@ -1,4 +1,4 @@
-"""Checkpoints: one ``.pt`` file that rebuilds a trained model (contracts.md section 7).
+"""Checkpoints: one ``.pt`` file that rebuilds a trained model (docs/design.md#model-files-and-metadata).
 
 The file is ``torch.save`` of a plain dict::
 

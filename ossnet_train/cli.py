@@ -7,7 +7,7 @@ Subcommands (``ossnet-train COMMAND --help`` documents every option):
 * ``evaluate``: whole-volume Dice / IoU of a checkpoint on a dataset.
 
 Errors the user can cause are printed as one line (``-v`` adds the traceback). Exit codes
-(contracts.md section 8): 0 done; 1 some subjects failed (evaluate: the rest were scored);
+(docs/design.md#errors-and-exit-codes): 0 done; 1 some subjects failed (evaluate: the rest were scored);
 2 usage error (bad option, data or existing output); 3 missing dependency or hardware.
 """
 

@@ -1,4 +1,4 @@
-"""OSS-Net model configuration: the variants (paper Table 1) and the size presets (contracts.md section 6).
+"""OSS-Net model configuration: the variants (paper Table 1) and the size presets (docs/design.md#presets).
 
 A :class:`ModelConfig` is a frozen dataclass of plain values (str, int, bool, tuples of int) that
 fully determines the network; :func:`model_config` builds one from a variant and a preset.
@@ -71,7 +71,7 @@ _VARIANT_ALIASES = {"o-net": "onet", "o_net": "onet", "o net": "onet"}
 
 @dataclass(frozen=True)
 class ModelPreset:
-    """Sizes of one preset (contracts.md section 6); the preprocessing half lives in ossnet_deploy."""
+    """Sizes of one preset (docs/design.md#presets); the preprocessing half lives in ossnet_deploy."""
 
     in_channels: int
     encoder_channels: tuple[int, ...]

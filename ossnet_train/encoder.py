@@ -1,6 +1,7 @@
 """OSS-Net's encoders: the 3D CNN over the global volume and the per-query patch encoder.
 
-Layer plan (ossnet-reference-details.md section 2; parameter counts equal the reference's):
+Layer plan (the reference implementation's, docs/models.md#variants-paper-table-1; parameter
+counts equal the reference's):
 
 * :class:`ResidualBlock3d` ``c_in -> c_out``, halves every side: main path conv 3^3 (no bias)
   -> BN -> PAU -> avg-pool 2 -> conv 3^3 (no bias) -> BN; shortcut 1x1x1 conv (no bias, only

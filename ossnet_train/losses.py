@@ -1,8 +1,8 @@
 """Training losses: BCE with logits over query points plus the auxiliary coarse-segmentation term.
 
-Total loss (ossnet-method.md "Training"): mean BCE over all points of the batch
+Total loss (OSS-Net's recipe, docs/training.md#the-recipe): mean BCE over all points of the batch
 ``+ aux_weight * `` mean BCE of the encoder's coarse logits against the max-pooled label
-(variants C and D only; ``aux_weight`` 0.1). We use BCE *with logits* (contracts.md section 5):
+(variants C and D only; ``aux_weight`` 0.1). We use BCE *with logits* (docs/design.md#model-io):
 the reference's clamped sigmoid-BCE is numerically worse.
 
 :func:`step_loss` is the forward pass and loss of one collated training batch, for every

@@ -1,7 +1,7 @@
 """The OSS-Net model: one definition for training, validation and ONNX export.
 
 ``encode`` and ``decode`` have exactly the signatures of the exported encoder and decoder graphs
-(contracts.md section 5); ``forward`` composes them for training over a batch of volumes.
+(docs/design.md#model-io); ``forward`` composes them for training over a batch of volumes.
 The exporter wraps these methods (references to the same modules, never copies).
 """
 

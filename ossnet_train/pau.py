@@ -4,7 +4,7 @@
 ``Q(x) = 1 + |b1| |x| + |b2| |x|^2 + |b3| |x|^3 + |b4| |x|^4`` (Q >= 1, so y is finite
 wherever P is). Each activation site owns one :class:`PAU` with 10 learnable scalars:
 ``numerator`` (6,) = a0..a5 and ``denominator`` (4,) = b1..b4, initialised to the PAU
-authors' "pade_optimized_leakyrelu" fit (ossnet-method.md). The reference needs a CUDA
+authors' "pade_optimized_leakyrelu" fit (as OSS-Net's reference code does). The reference needs a CUDA
 extension; this is plain elementwise arithmetic (Abs, Mul, Add, Div), so it runs on CPU and
 exports to ONNX as ordinary nodes.
 

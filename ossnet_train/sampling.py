@@ -1,9 +1,9 @@
 """Query-point sampling for training (numpy only).
 
-A query is an integer voxel ``(i, j, k)`` of the padded grid (contracts.md section 4); every
+A query is an integer voxel ``(i, j, k)`` of the padded grid (docs/design.md#queries-and-patches); every
 function here returns ``(N, 3)`` int64 arrays in that axis order.
 
-Two strategies, as in OSS-Net (ossnet-method.md, "Training"):
+Two strategies, as in OSS-Net (docs/training.md#the-recipe):
 
 * ``uniform``: every voxel of the grid equally likely. Unlike the reference code, the last
   index of every axis is reachable (``rng.integers(0, dim)``).

@@ -1,6 +1,6 @@
 """The training loop of OSS-Net and of the U-Net baselines (``ossnet-train fit``).
 
-Recipe (ossnet-method.md "Training", docs/training.md): BCE with logits over 2^14 query points
+Recipe (OSS-Net's, docs/training.md#the-recipe): BCE with logits over 2^14 query points
 per volume (+ 0.1 x BCE of the coarse logits vs the max-pooled label for C, D); RAdam + Lookahead
 (k=5, alpha=0.8), lr 3e-4, PAU coefficients 1e-2, no weight decay; LR x0.1 at 40 % and 60 % of
 the steps; augmentation (flips, brightness, noise) and random placement shifts; whole-volume

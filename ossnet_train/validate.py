@@ -5,7 +5,7 @@ default) with a PyTorch ``decode`` callable (eval mode, no grad, chunks of ``max
 U-Net baselines through the sliding-window (3D) or slice-wise (2D) inference of
 :mod:`ossnet_train.sliding_window`. The grid segmentation is mapped back onto the subject's input
 grid with ``labels_to_input`` and compared with the subject's label there: Dice and IoU over every
-voxel of the input grid (contracts.md section 10), never over sampled points.
+voxel of the input grid (docs/design.md#measuring), never over sampled points.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 For every subject of a demo-cohort folder this runs the shipped ONNX pair through
 ``ossnet_deploy.Segmenter`` (CPU, the default ``adaptive`` scheduler) and measures whole-volume
-Dice and IoU against the subject's label on the subject's own grid (contracts.md section 10),
+Dice and IoU against the subject's label on the subject's own grid (docs/design.md#measuring),
 together with:
 
 * ``template``: the unwarped MNI template's white-matter mask (probability > 0.5), i.e. what

@@ -18,7 +18,7 @@ from ossnet_train.model import OSSNet
 from ossnet_train.pau import lean_backward
 from ossnet_train.registry import build_model, config_from_dict, create_model, register_model
 
-# The reference implementation's counts (ossnet-reference-details.md section 2), PAU = 10 each.
+# The reference implementation's counts (docs/models.md#parameter-counts), PAU = 10 each.
 REFERENCE_PARAMETERS = {
     ("brats", "onet"): 6_890_753,
     ("brats", "a"): 7_245_438,
