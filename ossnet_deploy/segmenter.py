@@ -75,7 +75,7 @@ __all__ = [
 ]
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "models" / "mni-wm-demo"
-"""The bundled default model (contracts.md section 11)."""
+"""The bundled default model (docs/design.md#files-that-ship)."""
 
 DEFAULT_MAX_QUERIES = 4096
 """Decoder queries per call on the CPU when none is given: the knee of speed vs memory
