@@ -150,7 +150,7 @@ WORKERS = {"decoder": _worker_decoder, "matmul": _worker_matmul}
 
 
 def _model_config(model_dir: Path) -> dict[str, Any]:
-    from ossnet_deploy.metadata import read_graph_metadata
+    from ossnet_deploy.onnx_metadata import read_graph_metadata
 
     return dict(read_graph_metadata(model_dir / "decoder.onnx").model_config)
 

@@ -1,4 +1,4 @@
-"""The model-file contract: ONNX IO names, the metadata schema, and its readers and checks.
+"""The model-file contract: ONNX IO names, the metadata schema, its validators and the pair check.
 
 One schema, torch-free (docs/design.md#model-io and docs/design.md#model-files-and-metadata):
 the exporter imports this module to write ``metadata_props`` and engine side files, the
@@ -9,27 +9,25 @@ runtime imports it to read and check them.
 * :class:`GraphMetadata` is the payload of one graph. ``to_props`` gives the ``metadata_props``
   (keys ``ossnet.<field>``, every value JSON); ``from_props`` validates and refuses, with a
   :class:`~ossnet_deploy.errors.ModelFormatError` naming the file, anything it cannot trust.
-* :func:`read_onnx_metadata` reads ``metadata_props`` straight from the protobuf bytes, without
-  the ``onnx`` package (absent at the edge) and without an onnxruntime session (building one
-  for a large encoder takes seconds and its weights' memory). It seeks over the graph, so
-  initializers are never read.
-* :class:`EngineInfo` is the ``<name>.engine.json`` side file of a TensorRT engine (plans cannot
-  hold metadata); :func:`check_engine` refuses an engine built elsewhere.
+* :func:`check_pair` refuses an encoder and a decoder that were not exported together.
+
+The readers live beside it: :mod:`ossnet_deploy.onnx_metadata` reads ``metadata_props`` from
+the protobuf bytes (no ``onnx`` package, no session) and :mod:`ossnet_deploy.backends.trt_engine`
+holds the TensorRT engine side file (:class:`~ossnet_deploy.backends.trt_engine.EngineInfo`).
+Their names, once defined here, still resolve from this module with a DeprecationWarning.
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
+import importlib
 import json
 import math
 import os
-from collections.abc import Iterator, Mapping
+import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, BinaryIO, NamedTuple
+from typing import Any
 
-from ossnet_deploy.atomic import atomic_write
 from ossnet_deploy.errors import ModelFormatError, describe
 
 __all__ = [
@@ -61,22 +59,13 @@ __all__ = [
     "ROLE_DECODER",
     "ROLE_ENCODER",
     "VOLUME",
-    "EngineInfo",
     "GraphMetadata",
     "IOSpec",
-    "OnnxHeader",
     "SchedulerFacts",
     "TensorSpec",
-    "check_engine",
     "check_pair",
     "decoder_input_names",
     "encoder_output_names",
-    "engine_json_path",
-    "read_engine_info",
-    "read_graph_metadata",
-    "read_onnx_metadata",
-    "sha256_file",
-    "write_engine_info",
 ]
 
 # ----------------------------------------------------------------------------------------
@@ -631,422 +620,26 @@ def _short(value: Any, limit: int = 40) -> str:
 
 
 # ----------------------------------------------------------------------------------------
-# Reading metadata_props from ONNX protobuf bytes
-#
-# An ONNX file is one serialised ModelProto: a flat sequence of (tag, payload) fields, where
-# tag = field_number << 3 | wire_type. Wire types: 0 varint, 1 fixed 8 bytes, 2 varint length
-# + that many bytes, 5 fixed 4 bytes (3/4 are deprecated groups, 6/7 do not exist). The
-# top-level fields we want are 2 producer_name (string), 5 model_version (int64) and 14
-# metadata_props (repeated StringStringEntryProto {1: key, 2: value}); 1 ir_version is kept
-# for messages. The weights live inside field 7 graph, which is skipped with one seek.
+# Names that lived here before the readers got their own modules
 
-_PRODUCER_NAME_FIELD = 2
-_MODEL_VERSION_FIELD = 5
-_IR_VERSION_FIELD = 1
-_METADATA_PROPS_FIELD = 14
-_ENTRY_KEY_FIELD = 1
-_ENTRY_VALUE_FIELD = 2
-# Guards against garbage that happens to parse: real metadata values are a few KB.
-_MAX_STRING_FIELD_BYTES = 64 << 20
+_MOVED = {
+    "OnnxHeader": "ossnet_deploy.onnx_metadata",
+    "read_onnx_metadata": "ossnet_deploy.onnx_metadata",
+    "read_graph_metadata": "ossnet_deploy.onnx_metadata",
+    "sha256_file": "ossnet_deploy.onnx_metadata",
+    "EngineInfo": "ossnet_deploy.backends.trt_engine",
+    "ProfileShapes": "ossnet_deploy.backends.trt_engine",
+    "check_engine": "ossnet_deploy.backends.trt_engine",
+    "engine_json_path": "ossnet_deploy.backends.trt_engine",
+    "read_engine_info": "ossnet_deploy.backends.trt_engine",
+    "write_engine_info": "ossnet_deploy.backends.trt_engine",
+}
 
 
-class _NotProtobuf(Exception):
-    """The bytes are not a well-formed protobuf message (message = what is wrong and where)."""
-
-
-class OnnxHeader(NamedTuple):
-    """The top-level facts of an ONNX file that :func:`read_onnx_metadata` decodes.
-
-    Attributes:
-        metadata_props: every ``metadata_props`` entry, key -> value.
-        producer_name: ``producer_name`` ("" when unset).
-        model_version: ``model_version``, or None when unset.
-        ir_version: ONNX IR version, or None when unset.
-    """
-
-    metadata_props: dict[str, str]
-    producer_name: str
-    model_version: int | None
-    ir_version: int | None
-
-
-def _read_varint(stream: BinaryIO, pos: int, end: int) -> tuple[int, int]:
-    """Decode a base-128 varint at ``pos``; returns (value, position after it)."""
-    value = 0
-    for shift in range(0, 70, 7):
-        if pos >= end:
-            raise _NotProtobuf(f"ends inside a varint at byte {pos}")
-        byte = stream.read(1)
-        if not byte:
-            raise _NotProtobuf(f"ends inside a varint at byte {pos}")
-        pos += 1
-        value |= (byte[0] & 0x7F) << shift
-        if byte[0] < 0x80:
-            return value, pos
-    raise _NotProtobuf(f"varint longer than 10 bytes before byte {pos}")
-
-
-def _fields(
-    stream: BinaryIO, start: int, end: int, wanted: frozenset[int]
-) -> Iterator[tuple[int, int | bytes]]:
-    """Walk the fields of one message occupying bytes ``[start, end)`` of ``stream``.
-
-    Yields ``(field_number, value)`` for varint fields (value: int) and for length-delimited
-    fields in ``wanted`` (value: bytes). Everything else is skipped by seeking, so a
-    multi-GB graph field costs one seek.
-    """
-    pos = start
-    while pos < end:
-        tag_at = pos
-        tag, pos = _read_varint(stream, pos, end)
-        number, wire = tag >> 3, tag & 7
-        if number == 0:
-            raise _NotProtobuf(f"field number 0 at byte {tag_at}")
-        if wire == 0:
-            value, pos = _read_varint(stream, pos, end)
-            yield number, value
-            continue
-        if wire == 1:
-            length = 8
-        elif wire == 5:
-            length = 4
-        elif wire == 2:
-            length, pos = _read_varint(stream, pos, end)
-        else:
-            raise _NotProtobuf(f"wire type {wire} (field {number}) at byte {tag_at}")
-        if length > end - pos:
-            raise _NotProtobuf(
-                f"field {number} at byte {tag_at} needs {length} bytes but only {end - pos} remain (truncated?)"
-            )
-        if wire == 2 and number in wanted:
-            if length > _MAX_STRING_FIELD_BYTES:
-                raise _NotProtobuf(f"field {number} at byte {tag_at} claims {length} bytes")
-            data = stream.read(length)
-            if len(data) != length:
-                raise _NotProtobuf(f"ends inside field {number} at byte {tag_at} (truncated?)")
-            yield number, data
-        else:
-            stream.seek(length, os.SEEK_CUR)
-        pos += length
-
-
-def _utf8(data: bytes | int, what: str) -> str:
-    if not isinstance(data, bytes):
-        raise _NotProtobuf(f"{what} is not a string")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise _NotProtobuf(f"{what} is not UTF-8 ({exc})") from None
-
-
-def _parse_header(stream: BinaryIO, size: int) -> OnnxHeader:
-    """Decode the top-level ModelProto fields of ``size`` bytes read from ``stream``."""
-    props: dict[str, str] = {}
-    producer = ""
-    model_version: int | None = None
-    ir_version: int | None = None
-    wanted = frozenset({_PRODUCER_NAME_FIELD, _METADATA_PROPS_FIELD})
-    for number, value in _fields(stream, 0, size, wanted):
-        if number == _PRODUCER_NAME_FIELD:
-            producer = _utf8(value, "producer_name")
-        elif number == _METADATA_PROPS_FIELD:
-            if not isinstance(value, bytes):
-                raise _NotProtobuf("metadata_props is not a message")
-            key, text = _parse_entry(value)
-            if key in props:
-                raise _NotProtobuf(f"metadata key {key!r} appears twice")
-            props[key] = text
-        elif number == _MODEL_VERSION_FIELD and isinstance(value, int):
-            # int64 on the wire: negative values are 10-byte two's complement.
-            model_version = value - (1 << 64) if value >= 1 << 63 else value
-        elif number == _IR_VERSION_FIELD and isinstance(value, int):
-            ir_version = value
-    return OnnxHeader(props, producer, model_version, ir_version)
-
-
-def _parse_entry(data: bytes) -> tuple[str, str]:
-    """Decode one StringStringEntryProto {1: key, 2: value} held in memory."""
-    key = value = ""
-    wanted = frozenset({_ENTRY_KEY_FIELD, _ENTRY_VALUE_FIELD})
-    for number, raw in _fields(io.BytesIO(data), 0, len(data), wanted):
-        if number == _ENTRY_KEY_FIELD:
-            key = _utf8(raw, "metadata key")
-        elif number == _ENTRY_VALUE_FIELD:
-            value = _utf8(raw, "metadata value")
-    return key, value
-
-
-def _open_model(path: PathLike) -> tuple[Path, BinaryIO]:
-    source = Path(path)
-    if not source.exists():
-        raise ModelFormatError(
-            describe(source, "model file not found", fix="check the path, or " + _EXPORT_FIX)
-        )
-    if source.is_dir():
-        raise ModelFormatError(
-            describe(
-                source,
-                "is a folder",
-                expected="an .onnx file",
-                fix="pass encoder.onnx / decoder.onnx inside it",
-            )
-        )
-    try:
-        # Closed by the caller's with-block.
-        return source, open(source, "rb")
-    except OSError as exc:
-        raise ModelFormatError(
-            describe(source, "cannot be read", found=str(exc), fix="check its permissions")
-        ) from None
-
-
-def read_onnx_metadata(path: PathLike) -> OnnxHeader:
-    """Read ``metadata_props``, ``producer_name`` and ``model_version`` of an ONNX file.
-
-    Needs neither ``onnx`` nor an onnxruntime session, and never reads the graph: memory
-    use is the size of the metadata, whatever the size of the weights.
-
-    Raises:
-        ModelFormatError: the file is missing, unreadable, or not a well-formed ONNX protobuf
-            (random bytes, a NIfTI, a truncated download).
-    """
-    source, stream = _open_model(path)
-    with stream:
-        size = os.fstat(stream.fileno()).st_size
-        if size == 0:
-            raise _invalid(source, "is not an ossnet ONNX graph", found="an empty file (0 bytes)")
-        try:
-            return _parse_header(stream, size)
-        except _NotProtobuf as exc:
-            raise _invalid(
-                source,
-                "is not an ossnet ONNX graph",
-                found=f"{size} bytes that do not parse as an ONNX model: {exc}",
-                fix=f"re-copy it if it was truncated, or {_EXPORT_FIX}",
-            ) from None
-
-
-def read_graph_metadata(path: PathLike) -> GraphMetadata:
-    """Read and validate the ossnet metadata of an ONNX graph file.
-
-    Raises:
-        ModelFormatError: see :func:`read_onnx_metadata` and :meth:`GraphMetadata.from_props`;
-            an ONNX file without ossnet metadata is refused as "not an ossnet ONNX graph".
-    """
-    header = read_onnx_metadata(path)
-    if not any(key.startswith(KEY_PREFIX) for key in header.metadata_props):
-        producer = header.producer_name or "unknown"
-        raise _invalid(
-            path,
-            "is not an ossnet ONNX graph",
-            found=f"an ONNX model without ossnet metadata (producer {producer!r})",
-        )
-    return GraphMetadata.from_props(header.metadata_props, source=path)
-
-
-def sha256_file(path: PathLike, *, chunk_bytes: int = 1 << 20) -> str:
-    """Hex sha256 of a file, streamed in ``chunk_bytes`` pieces (constant memory).
-
-    Raises:
-        ModelFormatError: the file is missing or unreadable.
-    """
-    digest = hashlib.sha256()
-    _, stream = _open_model(path)
-    with stream:
-        while chunk := stream.read(chunk_bytes):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-# ----------------------------------------------------------------------------------------
-# TensorRT engines: the side file
-
-
-def engine_json_path(engine_path: PathLike) -> Path:
-    """The side file of an engine: ``decoder.engine`` -> ``decoder.engine.json``.
-
-    Also for an ORT EP-context model: ``decoder_ctx.onnx`` -> ``decoder_ctx.engine.json``.
-    """
-    return Path(engine_path).with_suffix(".engine.json")
-
-
-ProfileShapes = tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]
-
-
-@dataclass(frozen=True)
-class EngineInfo:
-    """The ``<name>.engine.json`` payload: graph metadata plus what the engine is tied to.
-
-    Attributes:
-        metadata: the source graph's :class:`GraphMetadata`.
-        tensorrt_version: TensorRT version that built the engine, e.g. ``"10.13.0.35"``.
-        compute_capability: GPU compute capability it was built for, e.g. ``"8.9"``.
-        source_onnx_sha256: sha256 of the ONNX file it was built from.
-        profile_shapes: input name -> (min, opt, max) shapes of the optimisation profile.
-        precision: ``"fp32"`` or ``"fp16"``.
-        parity: measured engine vs ONNX Runtime errors.
-    """
-
-    metadata: GraphMetadata
-    tensorrt_version: str
-    compute_capability: str
-    source_onnx_sha256: str
-    profile_shapes: dict[str, ProfileShapes] = field(default_factory=dict)
-    precision: str = "fp32"
-    parity: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        shapes = {
-            name: tuple(tuple(int(d) for d in shape) for shape in triple)
-            for name, triple in self.profile_shapes.items()
-        }
-        object.__setattr__(self, "profile_shapes", shapes)
-        object.__setattr__(self, "parity", _canonical(self.parity, "EngineInfo.parity"))
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form; the graph metadata sits under ``"metadata"``."""
-        return {
-            "metadata": self.metadata.to_dict(),
-            "tensorrt_version": self.tensorrt_version,
-            "compute_capability": self.compute_capability,
-            "source_onnx_sha256": self.source_onnx_sha256,
-            "profile_shapes": {
-                name: [list(s) for s in triple] for name, triple in self.profile_shapes.items()
-            },
-            "precision": self.precision,
-            "parity": self.parity,
-        }
-
-    def to_json(self) -> str:
-        """The side file's text."""
-        return (
-            json.dumps(self.to_dict(), allow_nan=False, ensure_ascii=False, indent=2, sort_keys=True) + "\n"
-        )
-
-    @classmethod
-    def from_json(cls, text: str, source: PathLike | None = None) -> EngineInfo:
-        """Parse a side file's text.
-
-        Raises:
-            ModelFormatError: not JSON, missing or malformed fields, or any refusal of
-                :meth:`GraphMetadata.from_dict` for the embedded metadata.
-        """
-        fix = "rebuild the engine with `ossnet-export CHECKPOINT --trt`"
-        try:
-            data = _expect_dict(_json_loads(text), "engine side file")
-            metadata = GraphMetadata.from_dict(
-                _expect_dict(_take(data, "metadata", "engine side file"), "metadata"), source
-            )
-            raw_profiles = _expect_dict(data.get("profile_shapes", {}), "profile_shapes")
-            profiles: dict[str, ProfileShapes] = {}
-            for name, triple in raw_profiles.items():
-                if not isinstance(triple, list) or len(triple) != 3:
-                    raise _SchemaError(f"profile_shapes[{name!r}] must be [min, opt, max], found {triple!r}")
-                dims = [
-                    tuple(
-                        _expect_int(d, f"profile_shapes[{name!r}]", minimum=0) for d in _as_list(shape, name)
-                    )
-                    for shape in triple
-                ]
-                profiles[name] = (dims[0], dims[1], dims[2])
-            return cls(
-                metadata=metadata,
-                tensorrt_version=_expect_str(_take(data, "tensorrt_version", "engine"), "tensorrt_version"),
-                compute_capability=_expect_str(
-                    _take(data, "compute_capability", "engine"), "compute_capability"
-                ),
-                source_onnx_sha256=_expect_str(
-                    _take(data, "source_onnx_sha256", "engine"), "source_onnx_sha256"
-                ),
-                profile_shapes=profiles,
-                precision=_expect_str(data.get("precision", "fp32"), "precision"),
-                parity=_expect_dict(data.get("parity", {}), "parity"),
-            )
-        except (ValueError, _SchemaError) as exc:
-            if isinstance(exc, ModelFormatError):
-                raise
-            raise _invalid(source, "malformed engine side file", found=str(exc), fix=fix) from None
-
-
-def _as_list(value: Any, name: str) -> list[Any]:
-    if not isinstance(value, list):
-        raise _SchemaError(f"profile_shapes[{name!r}] entries must be lists, found {value!r}")
-    return value
-
-
-def read_engine_info(engine_path: PathLike) -> EngineInfo:
-    """Read the side file of ``engine_path`` (see :func:`engine_json_path`).
-
-    Raises:
-        ModelFormatError: the side file is missing, unreadable or malformed.
-    """
-    side = engine_json_path(engine_path)
-    if not side.is_file():
-        raise ModelFormatError(
-            describe(
-                engine_path,
-                "engine has no side file",
-                expected=f"{side.name} beside it",
-                found="none",
-                fix="rebuild the engine with `ossnet-export CHECKPOINT --trt`, which writes both",
-            )
-        )
-    try:
-        text = side.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ModelFormatError(
-            describe(side, "cannot be read", found=str(exc), fix="rebuild the engine")
-        ) from None
-    return EngineInfo.from_json(text, source=side)
-
-
-def write_engine_info(info: EngineInfo, engine_path: PathLike, *, overwrite: bool = False) -> Path:
-    """Write ``info`` to the side file of ``engine_path`` atomically; returns the side file's path."""
-    side = engine_json_path(engine_path)
-    with atomic_write(side, overwrite=overwrite) as tmp:
-        tmp.write_text(info.to_json(), encoding="utf-8")
-    return side
-
-
-def check_engine(
-    info: EngineInfo,
-    *,
-    onnx_sha256: str | None,
-    tensorrt_version: str,
-    compute_capability: str,
-    path: PathLike,
-) -> None:
-    """Refuse an engine built from another ONNX file, TensorRT version or GPU generation.
-
-    TensorRT plans are not portable: they only load on the TensorRT version and compute
-    capability they were built with.
-
-    Args:
-        info: the engine's side file.
-        onnx_sha256: sha256 of the ONNX graph the runtime expects it to come from; None
-            when that graph is not at hand (this check is then skipped).
-        tensorrt_version: the installed TensorRT version.
-        compute_capability: this GPU's compute capability, e.g. ``"8.9"``.
-        path: the engine file, for the message.
-
-    Raises:
-        ModelFormatError: naming the engine, each mismatch (expected vs found) and the fix.
-    """
-    mismatches = []
-    if onnx_sha256 is not None and info.source_onnx_sha256 != onnx_sha256:
-        mismatches.append(
-            f"source ONNX sha256 {info.source_onnx_sha256[:12]}... vs {onnx_sha256[:12]}... here"
-        )
-    if info.tensorrt_version != tensorrt_version:
-        mismatches.append(f"TensorRT {info.tensorrt_version} vs {tensorrt_version} installed")
-    if info.compute_capability != compute_capability:
-        mismatches.append(f"compute capability {info.compute_capability} vs {compute_capability} on this GPU")
-    if mismatches:
-        raise ModelFormatError(
-            describe(
-                path,
-                "engine was built for another setup",
-                found="; ".join(mismatches),
-                fix="rebuild it on this machine with `ossnet-export CHECKPOINT --trt` (or run the .onnx graphs)",
-            )
-        )
+def __getattr__(name: str) -> Any:
+    # Imported on first use only: those modules import this one (the schema), never the reverse.
+    module = _MOVED.get(name)
+    if module is None:
+        raise AttributeError(f"module 'ossnet_deploy.metadata' has no attribute {name!r}")
+    warnings.warn(f"ossnet_deploy.metadata.{name} moved to {module}.{name}", DeprecationWarning, stacklevel=2)
+    return getattr(importlib.import_module(module), name)

@@ -51,8 +51,8 @@ from ossnet_deploy.metadata import (
     GraphMetadata,
     IOSpec,
     SchedulerFacts,
-    sha256_file,
 )
+from ossnet_deploy.onnx_metadata import sha256_file
 from ossnet_deploy.preprocess import PreprocessConfig
 from ossnet_export.graphs import GraphSpec, example_inputs, graph_specs
 from ossnet_export.verify import (
@@ -695,7 +695,8 @@ def verify_export(
         ModelFormatError: missing files, a mismatched pair, graphs from another checkpoint.
         ParityError: a deviation beyond tolerance (the message names tensor, index and values).
     """
-    from ossnet_deploy.metadata import check_pair, read_graph_metadata
+    from ossnet_deploy.metadata import check_pair
+    from ossnet_deploy.onnx_metadata import read_graph_metadata
     from ossnet_export.fp16 import check_gate, fp16_gate
 
     opts = options or ExportOptions()

@@ -5,7 +5,7 @@ optimisation profiles, engine and timing caches, and ``trt_dump_ep_context_model
 engine once here and writes an *EP-context model* ``<graph>_ctx.onnx`` (the serialised engine
 embedded in one ONNX node, ``trt_ep_context_embed_mode=1``) that the runtime loads without
 ever running the TensorRT builder. Beside it goes ``<graph>_ctx.engine.json``
-(:class:`ossnet_deploy.metadata.EngineInfo`): the graph's metadata plus the TensorRT version,
+(:class:`ossnet_deploy.backends.trt_engine.EngineInfo`): the graph's metadata plus the TensorRT version,
 the GPU compute capability and the source ONNX sha256, so the runtime refuses an engine built
 for another setup (plans are not portable).
 
@@ -32,19 +32,16 @@ from typing import Any
 import numpy as np
 
 from ossnet_deploy.atomic import temporary_sibling
-from ossnet_deploy.errors import DependencyError, InputError, ModelFormatError, OutputExistsError, describe
-from ossnet_deploy.metadata import (
-    NUM_QUERIES,
+from ossnet_deploy.backends.trt_engine import (
     EngineInfo,
-    GraphMetadata,
-    IOSpec,
     check_engine,
     engine_json_path,
     read_engine_info,
-    read_graph_metadata,
-    sha256_file,
     write_engine_info,
 )
+from ossnet_deploy.errors import DependencyError, InputError, ModelFormatError, OutputExistsError, describe
+from ossnet_deploy.metadata import NUM_QUERIES, GraphMetadata, IOSpec
+from ossnet_deploy.onnx_metadata import read_graph_metadata, sha256_file
 from ossnet_export.verify import compare
 
 __all__ = [
@@ -297,7 +294,7 @@ def context_model_path(onnx_path: str | os.PathLike[str]) -> Path:
     """``decoder.onnx`` -> ``decoder_ctx.onnx``; ``decoder.fp16.onnx`` -> ``decoder.fp16_ctx.onnx``.
 
     The runtime's rule (``ossnet_deploy.backends.trt.engine_context_path``); the side file is
-    :func:`ossnet_deploy.metadata.engine_json_path` of it (``decoder_ctx.engine.json``).
+    :func:`ossnet_deploy.backends.trt_engine.engine_json_path` of it (``decoder_ctx.engine.json``).
     """
     from ossnet_deploy.backends.trt import engine_context_path
 

@@ -32,8 +32,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from ossnet_deploy.metadata import sha256_file
 from ossnet_deploy.metrics import dice, iou
+from ossnet_deploy.onnx_metadata import sha256_file
 from ossnet_deploy.segmenter import Segmenter
 from ossnet_train.baselines import otsu_3class, template_mask
 from ossnet_train.datasets import demo_dataset

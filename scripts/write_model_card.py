@@ -17,7 +17,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from ossnet_deploy.metadata import read_graph_metadata
+from ossnet_deploy.onnx_metadata import read_graph_metadata
 from ossnet_train.demo_cohort import MNI_NOTICE
 
 

@@ -6,7 +6,7 @@
 * ``<name>_ctx.onnx``: an EP-context model (one ``EPContext`` node pointing at the serialised
   engine), which loads without the TensorRT builder (seconds instead of minutes);
 * the engine file it references;
-* ``<name>_ctx.engine.json``: the side file (:class:`ossnet_deploy.metadata.EngineInfo`): the
+* ``<name>_ctx.engine.json``: the side file (:class:`ossnet_deploy.backends.trt_engine.EngineInfo`): the
   graph's metadata plus the TensorRT version, GPU compute capability and sha256 of the source
   ONNX the engine was built from (plans cannot hold metadata).
 
@@ -30,9 +30,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ossnet_deploy.backends.ort import OrtBackend
+from ossnet_deploy.backends.trt_engine import EngineInfo, check_engine, read_engine_info
 from ossnet_deploy.devices import CPU_PROVIDER, CUDA_PROVIDER, TRT_PROVIDER, ProviderPlan
 from ossnet_deploy.errors import DependencyError, describe
-from ossnet_deploy.metadata import COORDS, EngineInfo, check_engine, read_engine_info, sha256_file
+from ossnet_deploy.metadata import COORDS
+from ossnet_deploy.onnx_metadata import sha256_file
 
 __all__ = ["TrtBackend", "compute_capability", "engine_context_path", "tensorrt_version"]
 

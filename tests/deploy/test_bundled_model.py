@@ -17,8 +17,8 @@ from click.testing import CliRunner
 
 from ossnet_deploy import Segmenter
 from ossnet_deploy.cli import main
-from ossnet_deploy.metadata import read_graph_metadata
 from ossnet_deploy.metrics import dice
+from ossnet_deploy.onnx_metadata import read_graph_metadata
 from ossnet_deploy.segmenter import DEFAULT_MODEL_DIR, find_model_files
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"

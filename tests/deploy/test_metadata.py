@@ -25,6 +25,8 @@ from synthetic_models import field_key as _tag
 from synthetic_models import int_field as _int_field
 
 from ossnet_deploy import metadata as md
+from ossnet_deploy import onnx_metadata as om
+from ossnet_deploy.backends import trt_engine
 from ossnet_deploy.errors import ModelFormatError, OutputExistsError
 
 _str_field = _bytes_field  # bytes_field encodes str as UTF-8
@@ -294,26 +296,26 @@ def test_encoder_io_must_agree_with_coarse_fact():
 def test_reader_matches_onnxruntime(tmp_path):
     meta = make_meta()
     path = write(tmp_path / "enc.onnx", onnx_bytes(meta.to_props() | {"note": "ünïcode ✓"}, model_version=7))
-    header = md.read_onnx_metadata(path)
+    header = om.read_onnx_metadata(path)
     model_meta = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).get_modelmeta()
     assert header.metadata_props == dict(model_meta.custom_metadata_map)
     assert header.producer_name == model_meta.producer_name == md.PRODUCER_NAME
     assert header.model_version == model_meta.version == 7
     assert header.ir_version == 8
-    assert md.read_graph_metadata(path) == meta
+    assert om.read_graph_metadata(path) == meta
 
 
 def test_reader_handles_any_field_order_and_skips_unknown_wire_types(tmp_path):
     # Field 30 fixed32 and field 31 fixed64 do not exist in ModelProto; readers must skip them.
     extra = _tag(30, 5) + struct.pack("<I", 7) + _tag(31, 1) + struct.pack("<Q", 9) + _int_field(32, 300)
     data = onnx_bytes(make_meta().to_props(), props_first=True, model_version=-3, extra_fields=extra)
-    header = md.read_onnx_metadata(write(tmp_path / "m.onnx", data))
+    header = om.read_onnx_metadata(write(tmp_path / "m.onnx", data))
     assert header.metadata_props == make_meta().to_props()
     assert header.model_version == -3
 
 
 def test_unset_model_version_reads_as_none(tmp_path):
-    header = md.read_onnx_metadata(write(tmp_path / "m.onnx", onnx_bytes({}, model_version=None)))
+    header = om.read_onnx_metadata(write(tmp_path / "m.onnx", onnx_bytes({}, model_version=None)))
     assert header.model_version is None
     assert header.metadata_props == {}
 
@@ -324,7 +326,7 @@ def test_reader_skips_the_graph_without_reading_it(tmp_path):
     assert path.stat().st_size > 8 << 20
     tracemalloc.start()
     try:
-        meta = md.read_graph_metadata(path)
+        meta = om.read_graph_metadata(path)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -337,7 +339,7 @@ def test_file_without_ossnet_metadata_is_refused(tmp_path):
     with pytest.raises(
         ModelFormatError, match=r"foreign\.onnx: is not an ossnet ONNX graph.*'pytorch'.*ossnet-export"
     ):
-        md.read_graph_metadata(path)
+        om.read_graph_metadata(path)
 
 
 def _nifti_bytes(tmp_path: Path) -> bytes:
@@ -360,21 +362,21 @@ def test_foreign_or_damaged_files_are_refused(tmp_path, kind):
     with pytest.raises(
         ModelFormatError, match=rf"{kind}\.onnx: is not an ossnet ONNX graph.*ossnet-export CHECKPOINT"
     ):
-        md.read_graph_metadata(path)
+        om.read_graph_metadata(path)
 
 
 def test_missing_model_file_and_folder_are_refused(tmp_path):
     with pytest.raises(ModelFormatError, match=r"nothere\.onnx: model file not found"):
-        md.read_onnx_metadata(tmp_path / "nothere.onnx")
+        om.read_onnx_metadata(tmp_path / "nothere.onnx")
     with pytest.raises(ModelFormatError, match=rf"{tmp_path.name}: is a folder"):
-        md.read_onnx_metadata(tmp_path)
+        om.read_onnx_metadata(tmp_path)
 
 
 def test_duplicate_metadata_key_is_refused(tmp_path):
     entry = _bytes_field(14, _str_field(1, md.KEY_ROLE) + _str_field(2, '"encoder"'))
     path = write(tmp_path / "dup.onnx", onnx_bytes(make_meta().to_props()) + entry)
     with pytest.raises(ModelFormatError, match=r"dup\.onnx: .*'ossnet\.role' appears twice"):
-        md.read_onnx_metadata(path)
+        om.read_onnx_metadata(path)
 
 
 # ----------------------------------------------------------------------------------------
@@ -421,7 +423,7 @@ def test_latent_shape_mismatch_is_refused():
 # Engine side files
 
 
-def make_engine_info(**changes) -> md.EngineInfo:
+def make_engine_info(**changes) -> trt_engine.EngineInfo:
     fields = dict(
         metadata=make_meta(md.ROLE_DECODER),
         tensorrt_version="10.13.0",
@@ -432,30 +434,30 @@ def make_engine_info(**changes) -> md.EngineInfo:
         parity={"max_abs_logit": 2e-3},
     )
     fields.update(changes)
-    return md.EngineInfo(**fields)
+    return trt_engine.EngineInfo(**fields)
 
 
 def test_engine_json_path():
-    assert md.engine_json_path("m/decoder.engine") == Path("m/decoder.engine.json")
-    assert md.engine_json_path("m/decoder_ctx.onnx") == Path("m/decoder_ctx.engine.json")
+    assert trt_engine.engine_json_path("m/decoder.engine") == Path("m/decoder.engine.json")
+    assert trt_engine.engine_json_path("m/decoder_ctx.onnx") == Path("m/decoder_ctx.engine.json")
 
 
 def test_engine_info_round_trip_through_side_file(tmp_path):
     info = make_engine_info()
-    side = md.write_engine_info(info, tmp_path / "decoder.engine")
+    side = trt_engine.write_engine_info(info, tmp_path / "decoder.engine")
     assert side == tmp_path / "decoder.engine.json"
-    assert md.read_engine_info(tmp_path / "decoder.engine") == info
+    assert trt_engine.read_engine_info(tmp_path / "decoder.engine") == info
     assert json.loads(side.read_text())["metadata"]["role"] == "decoder"
     with pytest.raises(OutputExistsError, match=r"decoder\.engine\.json: output already exists"):
-        md.write_engine_info(info, tmp_path / "decoder.engine")
+        trt_engine.write_engine_info(info, tmp_path / "decoder.engine")
 
 
 def test_matching_engine_passes():
     info = make_engine_info()
-    md.check_engine(
+    trt_engine.check_engine(
         info, onnx_sha256="0f" * 32, tensorrt_version="10.13.0", compute_capability="8.9", path="d.engine"
     )
-    md.check_engine(
+    trt_engine.check_engine(
         info, onnx_sha256=None, tensorrt_version="10.13.0", compute_capability="8.9", path="d.engine"
     )
 
@@ -474,29 +476,29 @@ def test_engine_mismatch_is_refused(changes, message):
         ModelFormatError,
         match=rf"d\.engine: engine was built for another setup.*{re.escape(message)}.*rebuild",
     ):
-        md.check_engine(make_engine_info(), path="d.engine", **here)
+        trt_engine.check_engine(make_engine_info(), path="d.engine", **here)
 
 
 def test_missing_or_malformed_side_file_is_refused(tmp_path):
     engine = tmp_path / "dec.engine"
     with pytest.raises(ModelFormatError, match=r"dec\.engine: engine has no side file.*dec\.engine\.json"):
-        md.read_engine_info(engine)
-    side = md.engine_json_path(engine)
+        trt_engine.read_engine_info(engine)
+    side = trt_engine.engine_json_path(engine)
     side.write_text("{not json")
     with pytest.raises(ModelFormatError, match=r"dec\.engine\.json: malformed engine side file"):
-        md.read_engine_info(engine)
+        trt_engine.read_engine_info(engine)
     payload = make_engine_info().to_dict()
     payload["metadata"]["format_version"] = 5
     side.write_text(json.dumps(payload))
     with pytest.raises(ModelFormatError, match=r"dec\.engine\.json: written by a newer ossnet"):
-        md.read_engine_info(engine)
+        trt_engine.read_engine_info(engine)
     del payload["tensorrt_version"]
     payload["metadata"]["format_version"] = 1
     side.write_text(json.dumps(payload))
     with pytest.raises(
         ModelFormatError, match=r"dec\.engine\.json: malformed engine side file.*tensorrt_version"
     ):
-        md.read_engine_info(engine)
+        trt_engine.read_engine_info(engine)
 
 
 # ----------------------------------------------------------------------------------------
@@ -506,6 +508,43 @@ def test_missing_or_malformed_side_file_is_refused(tmp_path):
 def test_sha256_file_streams_the_whole_file(tmp_path):
     data = os.urandom(3 * 1024 + 5)
     path = write(tmp_path / "w.bin", data)
-    assert md.sha256_file(path, chunk_bytes=1024) == hashlib.sha256(data).hexdigest()
+    assert om.sha256_file(path, chunk_bytes=1024) == hashlib.sha256(data).hexdigest()
     with pytest.raises(ModelFormatError, match=r"gone\.onnx: model file not found"):
-        md.sha256_file(tmp_path / "gone.onnx")
+        om.sha256_file(tmp_path / "gone.onnx")
+
+
+# ----------------------------------------------------------------------------------------
+# Names that moved out of this module
+
+
+@pytest.mark.parametrize(
+    ("name", "module"),
+    [
+        ("read_graph_metadata", om),
+        ("read_onnx_metadata", om),
+        ("OnnxHeader", om),
+        ("sha256_file", om),
+        ("EngineInfo", trt_engine),
+        ("check_engine", trt_engine),
+        ("engine_json_path", trt_engine),
+        ("read_engine_info", trt_engine),
+        ("write_engine_info", trt_engine),
+    ],
+)
+def test_moved_names_still_resolve_with_a_deprecation_warning(name, module):
+    with pytest.warns(DeprecationWarning, match=rf"ossnet_deploy\.metadata\.{name} moved to {module.__name__}\.{name}"):
+        value = getattr(md, name)
+    assert value is getattr(module, name)
+
+
+def test_the_documented_import_still_works_and_warns():
+    # docs/export.md showed `ossnet_deploy.metadata.read_graph_metadata(path)`.
+    with pytest.warns(DeprecationWarning, match=r"moved to ossnet_deploy\.onnx_metadata\.read_graph_metadata"):
+        from ossnet_deploy.metadata import read_graph_metadata
+    assert read_graph_metadata is om.read_graph_metadata
+
+
+def test_unknown_names_still_raise_attribute_error():
+    with pytest.raises(AttributeError, match="has no attribute 'nope'"):
+        md.nope  # noqa: B018
+    assert not hasattr(md, "_open_model")

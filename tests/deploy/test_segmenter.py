@@ -26,8 +26,9 @@ from synthetic_models import (
 
 from ossnet_deploy import SegmentationStats, Segmenter
 from ossnet_deploy.errors import InputError, ModelFormatError
-from ossnet_deploy.metadata import KEY_FORMAT_VERSION, read_onnx_metadata
+from ossnet_deploy.metadata import KEY_FORMAT_VERSION
 from ossnet_deploy.metrics import dice
+from ossnet_deploy.onnx_metadata import read_onnx_metadata
 from ossnet_deploy.scheduler import SchedulerConfig
 from ossnet_deploy.segmenter import DEFAULT_MAX_QUERIES, find_model_files
 

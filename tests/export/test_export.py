@@ -30,9 +30,8 @@ from ossnet_deploy.metadata import (
     PRODUCER_NAME,
     VOLUME,
     check_pair,
-    read_graph_metadata,
-    read_onnx_metadata,
 )
+from ossnet_deploy.onnx_metadata import read_graph_metadata, read_onnx_metadata
 from ossnet_export import export_onnx
 from ossnet_export.export_onnx import (
     DECODER_FILE,

@@ -16,7 +16,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from ossnet_deploy.metadata import read_graph_metadata
+from ossnet_deploy.onnx_metadata import read_graph_metadata
 from ossnet_export import export_onnx
 from ossnet_export.cli import main
 from ossnet_export.trt import TRT_INSTALL_COMMAND, detect_environment

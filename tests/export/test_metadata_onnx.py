@@ -18,6 +18,7 @@ import onnxruntime as ort
 import pytest
 
 from ossnet_deploy import metadata as md
+from ossnet_deploy import onnx_metadata as om
 from ossnet_deploy.errors import ModelFormatError
 
 WEIGHT_FLOATS = 5 * (1 << 20)  # 20 MB of float32
@@ -79,24 +80,24 @@ def big_model(tmp_path_factory) -> Path:
 
 def test_reader_equals_onnxruntime_on_onnx_written_file(big_model):
     assert big_model.stat().st_size > 20 << 20
-    header = md.read_onnx_metadata(big_model)
+    header = om.read_onnx_metadata(big_model)
     model_meta = ort.InferenceSession(str(big_model), providers=["CPUExecutionProvider"]).get_modelmeta()
     assert header.metadata_props == dict(model_meta.custom_metadata_map)
     assert header.producer_name == model_meta.producer_name == md.PRODUCER_NAME
     assert header.model_version == model_meta.version == md.FORMAT_VERSION
     assert header.ir_version == 8
-    assert md.read_graph_metadata(big_model) == make_meta()
+    assert om.read_graph_metadata(big_model) == make_meta()
 
 
 def test_onnx_loader_sees_the_same_props(big_model):
     model = onnx.load(big_model, load_external_data=False)
-    assert {p.key: p.value for p in model.metadata_props} == md.read_onnx_metadata(big_model).metadata_props
+    assert {p.key: p.value for p in model.metadata_props} == om.read_onnx_metadata(big_model).metadata_props
 
 
 def test_reader_does_not_load_the_20mb_graph(big_model):
     tracemalloc.start()
     try:
-        md.read_graph_metadata(big_model)
+        om.read_graph_metadata(big_model)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -114,15 +115,15 @@ def test_external_data_model(tmp_path):
         size_threshold=1024,
     )
     assert path.stat().st_size < 1 << 20
-    assert md.read_graph_metadata(path) == make_meta()
+    assert om.read_graph_metadata(path) == make_meta()
 
 
 def test_onnx_model_without_ossnet_metadata_is_refused(tmp_path):
     path = tmp_path / "plain.onnx"
     onnx.save(make_model({"author": "someone"}, producer="pytorch"), path)
-    assert md.read_onnx_metadata(path).metadata_props == {"author": "someone"}
+    assert om.read_onnx_metadata(path).metadata_props == {"author": "someone"}
     with pytest.raises(ModelFormatError, match=r"plain\.onnx: is not an ossnet ONNX graph.*'pytorch'"):
-        md.read_graph_metadata(path)
+        om.read_graph_metadata(path)
 
 
 def test_truncated_onnx_file_is_refused(big_model, tmp_path):
@@ -130,4 +131,4 @@ def test_truncated_onnx_file_is_refused(big_model, tmp_path):
     with open(big_model, "rb") as src:
         path.write_bytes(src.read(5 << 20))
     with pytest.raises(ModelFormatError, match=r"cut\.onnx: is not an ossnet ONNX graph.*truncated"):
-        md.read_graph_metadata(path)
+        om.read_graph_metadata(path)

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ossnet_deploy.backends.trt_engine import engine_json_path, read_engine_info, write_engine_info
 from ossnet_deploy.errors import DependencyError, InputError, ModelFormatError
 from ossnet_deploy.metadata import (
     COORDS,
@@ -20,11 +21,8 @@ from ossnet_deploy.metadata import (
     PATCHES,
     IOSpec,
     TensorSpec,
-    engine_json_path,
-    read_engine_info,
-    sha256_file,
-    write_engine_info,
 )
+from ossnet_deploy.onnx_metadata import sha256_file
 from ossnet_deploy.preprocess import preprocess_preset
 from ossnet_export import trt
 from ossnet_export.export_onnx import graph_metadata
