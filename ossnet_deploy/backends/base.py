@@ -18,13 +18,36 @@ import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import numpy as np
 
 from ossnet_deploy.errors import InputError, ModelFormatError, describe
 from ossnet_deploy.metadata import TensorSpec
 
-__all__ = ["Backend", "TensorSpec", "check_feed", "check_model_file", "check_threads", "describe_spec", "spec_matches"]
+__all__ = [
+    "Backend",
+    "TensorSpec",
+    "check_feed",
+    "check_model_file",
+    "check_threads",
+    "describe_spec",
+    "ort_dtype_name",
+    "ort_tensor_spec",
+    "spec_matches",
+]
+
+# ONNX Runtime's type strings -> numpy dtype names.
+_ORT_TYPES = {
+    "tensor(float)": "float32",
+    "tensor(float16)": "float16",
+    "tensor(double)": "float64",
+    "tensor(int64)": "int64",
+    "tensor(int32)": "int32",
+    "tensor(int8)": "int8",
+    "tensor(uint8)": "uint8",
+    "tensor(bool)": "bool",
+}
 
 
 def check_model_file(path: str | os.PathLike[str]) -> Path:
@@ -44,6 +67,22 @@ def check_threads(threads: object) -> None:
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise InputError(describe(None, "invalid thread count", expected="an int >= 1 or None (physical cores)",
                                   found=repr(threads), fix="pass threads=None or a positive int"))
+
+
+def ort_dtype_name(type_string: str) -> str:
+    """numpy dtype name of an ONNX Runtime type string (``"tensor(float)"`` -> ``"float32"``)."""
+    return _ORT_TYPES.get(type_string, type_string)
+
+
+def ort_tensor_spec(arg: Any) -> TensorSpec:
+    """The :class:`TensorSpec` of an ONNX Runtime ``NodeArg`` (``session.get_inputs()`` / ``get_outputs()``).
+
+    Shared by the backends that learn their graph's signature from an onnxruntime session (ONNX
+    Runtime itself, and OpenVINO, which folds constants through one). ORT gives an int (fixed), a
+    str (named dynamic) or None (unnamed dynamic, stored as ``""``) per axis.
+    """
+    shape = tuple(d if isinstance(d, int | str) else "" for d in arg.shape)
+    return TensorSpec(name=arg.name, dtype=ort_dtype_name(arg.type), shape=shape)
 
 
 def describe_spec(spec: TensorSpec) -> str:

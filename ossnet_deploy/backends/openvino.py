@@ -38,8 +38,8 @@ from typing import Any
 
 import numpy as np
 
-from ossnet_deploy.backends.base import Backend, TensorSpec, check_model_file, check_threads
-from ossnet_deploy.backends.ort import _spec, load_error
+from ossnet_deploy.backends.base import Backend, TensorSpec, check_model_file, check_threads, ort_tensor_spec
+from ossnet_deploy.backends.ort import load_error
 from ossnet_deploy.devices import CPU_PROVIDER, default_threads
 from ossnet_deploy.errors import DependencyError, InputError, ModelFormatError, OssnetError, describe
 
@@ -140,8 +140,8 @@ class OpenVinoBackend(Backend):
             session = onnxruntime.InferenceSession(str(self.path), sess_options=options, providers=[CPU_PROVIDER])
         except Exception as exc:
             raise load_error(self.path, exc) from exc
-        self.inputs: dict[str, TensorSpec] = {a.name: _spec(a) for a in session.get_inputs()}
-        self.outputs: dict[str, TensorSpec] = {a.name: _spec(a) for a in session.get_outputs()}
+        self.inputs: dict[str, TensorSpec] = {a.name: ort_tensor_spec(a) for a in session.get_inputs()}
+        self.outputs: dict[str, TensorSpec] = {a.name: ort_tensor_spec(a) for a in session.get_outputs()}
         meta = session.get_modelmeta()
         self.metadata_props: dict[str, str] = dict(meta.custom_metadata_map)
         self.producer_name: str = meta.producer_name

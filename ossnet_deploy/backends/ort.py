@@ -28,7 +28,14 @@ from typing import Any
 
 import numpy as np
 
-from ossnet_deploy.backends.base import Backend, TensorSpec, check_feed, check_model_file, check_threads
+from ossnet_deploy.backends.base import (
+    Backend,
+    check_feed,
+    check_model_file,
+    check_threads,
+    ort_dtype_name,
+    ort_tensor_spec,
+)
 from ossnet_deploy.devices import (
     CPU_PROVIDER,
     CUDA_PROVIDER,
@@ -43,30 +50,7 @@ from ossnet_deploy.errors import DependencyError, ModelFormatError, OssnetError,
 
 __all__ = ["OrtBackend", "ort_dtype_name"]
 
-# ONNX Runtime's type strings -> numpy dtype names.
-_ORT_TYPES = {
-    "tensor(float)": "float32",
-    "tensor(float16)": "float16",
-    "tensor(double)": "float64",
-    "tensor(int64)": "int64",
-    "tensor(int32)": "int32",
-    "tensor(int8)": "int8",
-    "tensor(uint8)": "uint8",
-    "tensor(bool)": "bool",
-}
-
 _PRIMARY_PROVIDER = {"cpu": CPU_PROVIDER, "cuda": CUDA_PROVIDER, "trt": TRT_PROVIDER}
-
-
-def ort_dtype_name(type_string: str) -> str:
-    """numpy dtype name of an ONNX Runtime type string (``"tensor(float)"`` -> ``"float32"``)."""
-    return _ORT_TYPES.get(type_string, type_string)
-
-
-def _spec(arg: Any) -> TensorSpec:
-    # ORT gives an int (fixed), a str (named dynamic) or None (unnamed dynamic) per axis.
-    shape = tuple(d if isinstance(d, int | str) else "" for d in arg.shape)
-    return TensorSpec(name=arg.name, dtype=ort_dtype_name(arg.type), shape=shape)
 
 
 class OrtBackend(Backend):
@@ -123,8 +107,8 @@ class OrtBackend(Backend):
         self._session = self._create_session(onnxruntime, options, plan)
         self.plan = self._confirm_providers(plan)
         self.device = self.plan.label
-        self.inputs = {a.name: _spec(a) for a in self._session.get_inputs()}
-        self.outputs = {a.name: _spec(a) for a in self._session.get_outputs()}
+        self.inputs = {a.name: ort_tensor_spec(a) for a in self._session.get_inputs()}
+        self.outputs = {a.name: ort_tensor_spec(a) for a in self._session.get_outputs()}
         meta = self._session.get_modelmeta()
         self.metadata_props: dict[str, str] = dict(meta.custom_metadata_map)
         self.producer_name: str = meta.producer_name

@@ -12,19 +12,14 @@ from synthetic_models import threshold_decoder, threshold_pair_metadata
 
 from ossnet_deploy import devices
 from ossnet_deploy.backends import trt
-from ossnet_deploy.backends.base import check_feed
+from ossnet_deploy.backends.base import check_feed, ort_tensor_spec
 from ossnet_deploy.backends.ort import OrtBackend
 from ossnet_deploy.backends.trt import TrtBackend, engine_context_path
+from ossnet_deploy.backends.trt_engine import EngineInfo, engine_json_path, write_engine_info
 from ossnet_deploy.devices import CPU_PROVIDER, CUDA_PROVIDER, TRT_PROVIDER, DeviceRequest, ProviderPlan
 from ossnet_deploy.errors import DependencyError, InputError, ModelFormatError, OssnetError
-from ossnet_deploy.metadata import (
-    EngineInfo,
-    GraphMetadata,
-    TensorSpec,
-    engine_json_path,
-    sha256_file,
-    write_engine_info,
-)
+from ossnet_deploy.metadata import GraphMetadata, TensorSpec
+from ossnet_deploy.onnx_metadata import sha256_file
 
 LATENT = (6, 16)
 C_P = 2
@@ -60,6 +55,18 @@ def test_specs_carry_names_dtypes_and_dynamic_dims(backend: OrtBackend) -> None:
     assert backend.device == "cpu"
     assert backend.threads == 1
     assert (backend.cpu_arena, backend.mem_pattern) == (False, False)
+
+
+def test_ort_tensor_spec_maps_types_and_dynamic_axes() -> None:
+    # What ONNX Runtime's NodeArg offers; the ORT and OpenVINO backends both read their specs this way.
+    class Arg:
+        def __init__(self, name, type_, shape):
+            self.name, self.type, self.shape = name, type_, shape
+
+    assert ort_tensor_spec(Arg("coords", "tensor(float)", ["num_queries", 3])) == TensorSpec(
+        "coords", "float32", ("num_queries", 3))
+    assert ort_tensor_spec(Arg("x", "tensor(int64)", [None, 2])) == TensorSpec("x", "int64", ("", 2))
+    assert ort_tensor_spec(Arg("y", "tensor(string)", [1])).dtype == "tensor(string)"  # unknown: kept as is
 
 
 @pytest.mark.parametrize("n", [1, 37, 300])
