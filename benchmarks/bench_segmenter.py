@@ -373,7 +373,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--tag", default="", help="suffix of the result files: segmenter_<study>_<tag>.json")
     args = parser.parse_args(argv)
     if args.model is None:
-        from ossnet_deploy.segmenter import DEFAULT_MODEL_DIR
+        from ossnet_deploy.model import DEFAULT_MODEL_DIR
 
         args.model = str(DEFAULT_MODEL_DIR)
     if args.study in ("volumes", "chunks", "memory") and not args.inputs:

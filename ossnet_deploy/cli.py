@@ -163,26 +163,16 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
-def _grey_channel(case: Case) -> tuple[Any, Any]:
-    """First channel of the input (grey values for the preview) and its affine."""
-    import numpy as np
-
-    from ossnet_deploy.nifti_io import load_nifti, read_array
-
-    img = load_nifti(case.files[0])
-    data = read_array(img, case.files[0])
-    if data.ndim == 4:
-        data = data[..., 0]
-    return np.asarray(data), np.asarray(img.affine)
-
-
 def _run_job(job: _Job, segmenter: Segmenter, *, fit: str, overwrite: bool, preview: bool,
              progress: Any, console: _Console) -> SegmentationStats:
     """Segment one case and write its outputs; returns its statistics."""
-    import nibabel as nib
     import numpy as np
 
-    from ossnet_deploy.atomic import atomic_write
+    from ossnet_deploy.errors import OutputExistsError
+    from ossnet_deploy.inputs import VolumeInput
+    from ossnet_deploy.memory import reset_peak_rss
+    from ossnet_deploy.nifti_io import save_image
+    from ossnet_deploy.preview import grey_levels, write_preview
 
     case = job.case
     if case.problem is not None:
@@ -192,17 +182,23 @@ def _run_job(job: _Job, segmenter: Segmenter, *, fit: str, overwrite: bool, prev
             raise InputError(describe(job.output, "output would replace an input file", found=str(source),
                                       fix="choose another output path (-o)"))
     image = list(case.files) if len(case.files) > 1 else case.files[0]
-    labels_img, stats = segmenter.segment_with_stats(image, fit=fit, progress=progress)
-    started = time.perf_counter()
-    with atomic_write(job.output, overwrite=overwrite) as tmp:
-        nib.save(labels_img, tmp)
-    if preview:
-        from ossnet_deploy.errors import OutputExistsError
-        from ossnet_deploy.preview import write_preview
+    # The input's grey levels for the preview are taken while it is in memory anyway, as 8-bit
+    # levels (a quarter of the float input), instead of reading and decoding the file again.
+    kept: dict[str, Any] = {}
 
-        grey, affine = _grey_channel(case)
+    def keep_preview_grey(volume: VolumeInput) -> None:
+        kept["grey"] = grey_levels(volume.data[0])
+        kept["affine"] = np.asarray(volume.affine)
+
+    reset_peak_rss()  # this case's peak, not the run's (the CLI owns the process)
+    labels_img, stats = segmenter.segment_with_stats(image, fit=fit, progress=progress,
+                                                     on_read=keep_preview_grey if preview else None)
+    started = time.perf_counter()
+    save_image(labels_img, job.output, overwrite=overwrite)
+    if preview:
         try:
-            write_preview(job.preview, grey, np.asarray(labels_img.dataobj), affine, overwrite=overwrite)
+            write_preview(job.preview, kept["grey"], np.asarray(labels_img.dataobj), kept["affine"],
+                          overwrite=overwrite)
         except OutputExistsError:
             console.warning(f"{job.preview}: preview exists and was kept (--overwrite replaces it)")
     return stats.with_stage("write", time.perf_counter() - started)

@@ -60,30 +60,41 @@ _IDENTITY_ORNT = np.array([[0, 1], [1, 1], [2, 1]], dtype=np.float64)
 # --------------------------------------------------------------------------------------------
 
 
+def affine_text(affine: np.ndarray) -> str:
+    """The top three rows of an affine on one line, for messages."""
+    return "affine " + np.array2string(np.asarray(affine)[:3], precision=4, suppress_small=True,
+                                       separator=",").replace("\n", "")
+
+
 def validate_affine(affine: np.ndarray, *, source: str | None = None) -> np.ndarray:
     """Check a voxel-to-world affine and return it as a ``(4, 4)`` float64 array.
 
+    The project's one affine rule, applied where an input is read (``nifti_io.check_spatial``)
+    and by ``prepare_volume`` for arrays handed in directly.
+
     Raises :class:`InputError` (naming ``source``) when the affine is not ``(4, 4)``, holds
-    non-finite values, or its 3x3 part is singular (a zero voxel size or collapsed axes).
+    non-finite values, or its 3x3 part is singular: ``|det| <= 1e-6 * prod(column norms)``, a
+    relative test, so a grid of 0.1 mm voxels (det 1e-3) passes while collinear axes or a zero
+    voxel size do not.
     """
     aff = np.asarray(affine, dtype=np.float64)
     if aff.shape != (4, 4):
         raise InputError(
-            describe(source, "the affine has the wrong shape", expected="a (4, 4) voxel-to-world matrix",
+            describe(source, "affine has the wrong shape", expected="a (4, 4) voxel-to-world matrix",
                      found=f"shape {aff.shape}", fix="pass the image's 4x4 affine (img.affine)")
         )
     if not np.isfinite(aff).all():
         raise InputError(
-            describe(source, "the affine holds non-finite values", expected="finite numbers",
-                     found=np.array2string(aff, precision=4), fix="repair the image header (qform/sform)")
+            describe(source, "affine has non-finite entries", expected="a finite voxel-to-world matrix",
+                     found=affine_text(aff), fix="repair the header (qform/sform), e.g. with fslorient or nibabel")
         )
     linear = aff[:3, :3]
-    scale = float(np.abs(linear).max())
-    if scale == 0.0 or abs(float(np.linalg.det(linear))) <= 1e-9 * scale**3:
+    scale = float(np.prod(np.linalg.norm(linear, axis=0)))
+    if scale == 0.0 or abs(float(np.linalg.det(linear))) <= 1e-6 * scale:
         raise InputError(
-            describe(source, "the affine is singular", expected="three independent voxel axes",
-                     found=np.array2string(linear, precision=4),
-                     fix="repair the image header: a voxel size is zero or two axes coincide")
+            describe(source, "affine is singular (voxel axes do not span 3D space)",
+                     expected="an invertible voxel-to-world matrix", found=affine_text(aff),
+                     fix="repair the header (qform/sform; zero pixdim?), e.g. with fslorient or nibabel")
         )
     return aff
 
@@ -419,13 +430,31 @@ def labels_to_grid(label: np.ndarray, placement: Placement, *, source: str | Non
 def labels_to_input(grid_labels: np.ndarray, placement: Placement, *, source: str | None = None) -> np.ndarray:
     """Map a uint8 segmentation on the model grid back onto the stored input grid.
 
-    ``grid_labels``: ``placement.grid_shape`` uint8 (any integer labels 0..255). Returns a
-    C-contiguous uint8 ``placement.stored_shape`` array in the stored axis order: inverse placement
-    (input voxels that fell outside the grid get 0), nearest resampling back to the canonical
-    shape, inverse orientation. The result belongs with the input's own affine and header.
+    ``grid_labels``: ``placement.grid_shape`` uint8 (any integer labels 0..255). Only its
+    ``placement.region`` is read; see :func:`region_labels_to_input` for the result.
     """
     arr = _as_label_array(grid_labels, placement.grid_shape, "the grid segmentation", source)
-    resampled = np.zeros(placement.resampled_shape, dtype=np.uint8)
-    resampled[placement.source_region] = arr[placement.region]
-    canon = resample_nearest(resampled, placement.canonical_shape)
+    return region_labels_to_input(arr[placement.region], placement, source=source)
+
+
+def region_labels_to_input(
+    region_labels: np.ndarray, placement: Placement, *, source: str | None = None
+) -> np.ndarray:
+    """Map a segmentation of the input's region of the grid back onto the stored input grid.
+
+    ``region_labels``: uint8 (any integer labels 0..255) of the shape of ``placement.region``
+    (what the scheduler returns; no grid-sized array is needed). Returns a C-contiguous uint8
+    ``placement.stored_shape`` array in the stored axis order: inverse placement (input voxels
+    that fell outside the grid get 0), nearest resampling back to the canonical shape, inverse
+    orientation. The result belongs with the input's own affine and header.
+    """
+    region_shape = tuple(s.stop - s.start for s in placement.region)
+    arr = _as_label_array(region_labels, region_shape, "the region segmentation", source)
+    if placement.resampled_shape == region_shape == placement.canonical_shape:
+        # The whole input landed in the grid unresampled: the region is the canonical volume.
+        canon = arr
+    else:
+        resampled = np.zeros(placement.resampled_shape, dtype=np.uint8)
+        resampled[placement.source_region] = arr
+        canon = resample_nearest(resampled, placement.canonical_shape)
     return np.ascontiguousarray(from_canonical(canon, placement.ornt_array))

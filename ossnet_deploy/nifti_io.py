@@ -29,6 +29,7 @@ from nibabel.spatialimages import HeaderDataError
 
 from ossnet_deploy.atomic import atomic_write
 from ossnet_deploy.errors import InputError, describe
+from ossnet_deploy.geometry import affine_text, validate_affine
 
 __all__ = [
     "AFFINE_ATOL_MM",
@@ -39,6 +40,7 @@ __all__ = [
     "load_label",
     "load_nifti",
     "read_array",
+    "save_image",
     "save_labels",
 ]
 
@@ -242,38 +244,9 @@ def check_spatial(
         )
     if min(shape) < 1:
         raise InputError(describe(path, "image has an empty axis", expected=wanted, found=f"shape {shape}"))
-    affine = np.asarray(img.affine, dtype=np.float64)
-    if not np.all(np.isfinite(affine)):
-        raise InputError(
-            describe(
-                path,
-                "affine has non-finite entries",
-                expected="a finite voxel-to-world matrix",
-                found=_affine_text(affine),
-                fix="repair the header (qform/sform), e.g. with fslorient or nibabel",
-            )
-        )
-    linear = affine[:3, :3]
-    scale = float(np.prod(np.linalg.norm(linear, axis=0)))
-    # Relative test: a grid with 0.1 mm voxels has det 1e-3 and is fine; collinear axes are not.
-    if scale == 0.0 or abs(float(np.linalg.det(linear))) <= 1e-6 * scale:
-        raise InputError(
-            describe(
-                path,
-                "affine is singular (voxel axes do not span 3D space)",
-                expected="an invertible voxel-to-world matrix",
-                found=_affine_text(affine),
-                fix="repair the header (qform/sform; zero pixdim?), e.g. with fslorient or nibabel",
-            )
-        )
+    validate_affine(img.affine, source=os.fspath(path))
     channels = shape[3] if len(shape) == 4 else 1
     return (shape[0], shape[1], shape[2]), channels
-
-
-def _affine_text(affine: np.ndarray) -> str:
-    return "affine " + np.array2string(affine[:3], precision=4, suppress_small=True, separator=",").replace(
-        "\n", ""
-    )
 
 
 def _same_grid(
@@ -302,8 +275,8 @@ def _same_grid(
             describe(
                 path,
                 f"{what} affine differs from {os.fspath(reference_path)} by up to {diff:.4g} mm",
-                expected=_affine_text(np.asarray(reference.affine)),
-                found=_affine_text(np.asarray(img.affine)),
+                expected=affine_text(np.asarray(reference.affine)),
+                found=affine_text(np.asarray(img.affine)),
                 fix="resample it onto the same grid (all inputs of a case must be co-registered)",
             )
         )
@@ -486,8 +459,7 @@ def save_labels(
 ) -> Path:
     """Write a uint8 segmentation on the grid of ``reference`` atomically.
 
-    See :func:`labels_image` for the header rules. The file is written under a temporary
-    name in the destination folder and renamed into place (missing folders are created).
+    See :func:`labels_image` for the header rules and :func:`save_image` for the writing.
 
     Args:
         labels: ``(X, Y, Z)`` uint8 labels on the reference's spatial grid.
@@ -498,6 +470,19 @@ def save_labels(
 
     Returns:
         The written path.
+
+    Raises:
+        InputError: ``path`` is not named ``.nii``/``.nii.gz``.
+        OutputExistsError: ``path`` exists and ``overwrite`` is False.
+    """
+    return save_image(labels_image(labels, reference, extra_header=extra_header), path, overwrite=overwrite)
+
+
+def save_image(image: nib.Nifti1Image, path: PathLike, *, overwrite: bool = False) -> Path:
+    """Write a NIfTI image atomically: the project's one NIfTI writer.
+
+    The file is written under a temporary name in the destination folder and renamed into
+    place (missing folders are created), so a reader never sees a partial file.
 
     Raises:
         InputError: ``path`` is not named ``.nii``/``.nii.gz``.
@@ -514,7 +499,6 @@ def save_labels(
                 fix="name the output e.g. case_seg.nii.gz",
             )
         )
-    image = labels_image(labels, reference, extra_header=extra_header)
     with atomic_write(target, overwrite=overwrite) as tmp:
         nib.save(image, tmp)
     return target

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from types import MappingProxyType
@@ -56,6 +57,7 @@ __all__ = [
     "apply_intensity",
     "canonical_orientation",
     "canonical_voxel_sizes",
+    "check_fit",
     "encoder_input",
     "extract_patches",
     "from_canonical",
@@ -97,29 +99,38 @@ _MAX_FIT_ROUNDS = 8
 # --------------------------------------------------------------------------------------------
 
 
+_CONFIG_FIX = "correct the setting (the presets of preprocess_preset() are valid configurations)"
+
+
+def _bad_setting(name: str, expected: str, value: Any, *, fix: str = _CONFIG_FIX) -> InputError:
+    """The error of a PreprocessConfig setting that cannot be used (an InputError, hence a ValueError)."""
+    return InputError(describe(None, f"invalid preprocessing setting PreprocessConfig.{name}", expected=expected,
+                               found=repr(value), fix=fix))
+
+
 def _int_value(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer, float, np.floating)):
-        raise ValueError(f"PreprocessConfig.{name} must be an int, got {value!r}")
-    if float(value) != int(value):
-        raise ValueError(f"PreprocessConfig.{name} must be a whole number, got {value!r}")
+        raise _bad_setting(name, "an int", value)
+    if not math.isfinite(float(value)) or float(value) != int(value):
+        raise _bad_setting(name, "a whole number", value)
     return int(value)
 
 
 def _float_value(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer, float, np.floating)):
-        raise ValueError(f"PreprocessConfig.{name} must be a number, got {value!r}")
+        raise _bad_setting(name, "a number", value)
     out = float(value)
     if not math.isfinite(out):
-        raise ValueError(f"PreprocessConfig.{name} must be finite, got {value!r}")
+        raise _bad_setting(name, "a finite number", value)
     return out
 
 
 def _sequence(name: str, value: Any, length: int | None) -> tuple[Any, ...]:
     if isinstance(value, (str, bytes)) or not isinstance(value, (Sequence, np.ndarray)):
-        raise ValueError(f"PreprocessConfig.{name} must be a sequence, got {value!r}")
+        raise _bad_setting(name, "a sequence" if length is None else f"a sequence of {length} values", value)
     items = tuple(value)
     if length is not None and len(items) != length:
-        raise ValueError(f"PreprocessConfig.{name} must have {length} values, got {value!r}")
+        raise _bad_setting(name, f"{length} values", value)
     return items
 
 
@@ -179,68 +190,66 @@ class PreprocessConfig:
             object.__setattr__(self, name, value)
 
         if self.geometry not in GEOMETRIES:
-            raise ValueError(f"PreprocessConfig.geometry must be one of {GEOMETRIES}, got {self.geometry!r}")
+            raise _bad_setting("geometry", f"one of {GEOMETRIES}", self.geometry)
         if self.intensity not in INTENSITIES:
-            raise ValueError(f"PreprocessConfig.intensity must be one of {INTENSITIES}, got {self.intensity!r}")
+            raise _bad_setting("intensity", f"one of {INTENSITIES}", self.intensity)
         if self.coordinate_convention != COORDINATE_CONVENTION:
-            raise ValueError(
-                f"PreprocessConfig.coordinate_convention must be {COORDINATE_CONVENTION!r}, "
-                f"got {self.coordinate_convention!r}"
-            )
+            raise _bad_setting("coordinate_convention", repr(COORDINATE_CONVENTION), self.coordinate_convention,
+                               fix="re-export the model with this version of ossnet (coordinates changed)")
         put("global_downsample", _int_value("global_downsample", self.global_downsample))
         if self.global_downsample < 1:
-            raise ValueError(f"PreprocessConfig.global_downsample must be >= 1, got {self.global_downsample}")
+            raise _bad_setting("global_downsample", "an int >= 1", self.global_downsample)
         shape = tuple(_int_value("shape", v) for v in _sequence("shape", self.shape, 3))
         if min(shape) < 1 or any(s % self.global_downsample for s in shape):
-            raise ValueError(
-                f"PreprocessConfig.shape must be three positive ints divisible by global_downsample="
-                f"{self.global_downsample}, got {self.shape!r}"
-            )
+            raise _bad_setting("shape", f"three positive ints divisible by global_downsample={self.global_downsample}",
+                               self.shape)
         put("shape", shape)
         channels = _sequence("channels", self.channels, None)
         if not channels or not all(isinstance(c, str) and c for c in channels) or len(set(channels)) != len(channels):
-            raise ValueError(f"PreprocessConfig.channels must be unique non-empty names, got {self.channels!r}")
+            raise _bad_setting("channels", "unique non-empty names", self.channels)
         put("channels", channels)
         spacing = tuple(_float_value("spacing_mm", v) for v in _sequence("spacing_mm", self.spacing_mm, 3))
         if min(spacing) <= 0:
-            raise ValueError(f"PreprocessConfig.spacing_mm must be positive, got {self.spacing_mm!r}")
+            raise _bad_setting("spacing_mm", "three positive sizes in mm", self.spacing_mm)
         put("spacing_mm", spacing)
         put("spacing_tolerance", _float_value("spacing_tolerance", self.spacing_tolerance))
         if not 0.0 <= self.spacing_tolerance < 1.0:
-            raise ValueError(f"PreprocessConfig.spacing_tolerance must be in [0, 1), got {self.spacing_tolerance!r}")
+            raise _bad_setting("spacing_tolerance", "a fraction in [0, 1)", self.spacing_tolerance)
         put("foreground_threshold", _float_value("foreground_threshold", self.foreground_threshold))
         put("max_shift", _int_value("max_shift", self.max_shift))
         if self.max_shift < 0:
-            raise ValueError(f"PreprocessConfig.max_shift must be >= 0, got {self.max_shift!r}")
+            raise _bad_setting("max_shift", "an int >= 0", self.max_shift)
         window = tuple(_float_value("ct_window_hu", v) for v in _sequence("ct_window_hu", self.ct_window_hu, 2))
         if not window[0] < window[1]:
-            raise ValueError(f"PreprocessConfig.ct_window_hu must be (lower, upper) with lower < upper, got {window!r}")
+            raise _bad_setting("ct_window_hu", "(lower, upper) with lower < upper", window)
         put("ct_window_hu", window)
         put("background_raw", _float_value("background_raw", self.background_raw))
         put("patch_size", _int_value("patch_size", self.patch_size))
         if self.patch_size < 1 or self.patch_size % 2 == 0:
-            raise ValueError(f"PreprocessConfig.patch_size must be a positive odd int, got {self.patch_size!r}")
+            raise _bad_setting("patch_size", "a positive odd int", self.patch_size)
         if not isinstance(self.large_patches, (bool, np.bool_)):
-            raise ValueError(f"PreprocessConfig.large_patches must be a bool, got {self.large_patches!r}")
+            raise _bad_setting("large_patches", "a bool", self.large_patches)
         put("large_patches", bool(self.large_patches))
         flips = tuple(_int_value("flip_axes", v) for v in _sequence("flip_axes", self.flip_axes, None))
         if any(a not in (0, 1, 2) for a in flips) or len(set(flips)) != len(flips):
-            raise ValueError(f"PreprocessConfig.flip_axes must be distinct axes among 0, 1, 2, got {self.flip_axes!r}")
+            raise _bad_setting("flip_axes", "distinct axes among 0, 1, 2", self.flip_axes)
         put("flip_axes", flips)
         if self.bias_correction not in BIAS_CORRECTIONS:
-            raise ValueError(f"PreprocessConfig.bias_correction must be one of {BIAS_CORRECTIONS}, "
-                             f"got {self.bias_correction!r}")
+            raise _bad_setting("bias_correction", f"one of {BIAS_CORRECTIONS}", self.bias_correction)
         if self.bias_correction != "none" and (self.geometry != "fixed_spacing_pad" or self.intensity == "ct_window"):
-            raise ValueError("PreprocessConfig.bias_correction applies to MR images with geometry "
-                             f"'fixed_spacing_pad' (not CT windows), got geometry {self.geometry!r}, "
-                             f"intensity {self.intensity!r}")
+            raise InputError(describe(
+                None, "PreprocessConfig.bias_correction applies to MR images with geometry 'fixed_spacing_pad' "
+                "(not CT windows)", expected="bias_correction='none' for this geometry and intensity",
+                found=f"bias_correction {self.bias_correction!r} with geometry {self.geometry!r}, "
+                      f"intensity {self.intensity!r}",
+                fix="set bias_correction='none', or use geometry 'fixed_spacing_pad' with a z-score intensity"))
         for name in ("bias_grid_mm", "bias_sigma_mm"):
             put(name, _float_value(name, getattr(self, name)))
             if getattr(self, name) <= 0:
-                raise ValueError(f"PreprocessConfig.{name} must be positive, got {getattr(self, name)!r}")
+                raise _bad_setting(name, "a positive size in mm", getattr(self, name))
         put("bias_iterations", _int_value("bias_iterations", self.bias_iterations))
         if self.bias_iterations < 1:
-            raise ValueError(f"PreprocessConfig.bias_iterations must be >= 1, got {self.bias_iterations!r}")
+            raise _bad_setting("bias_iterations", "an int >= 1", self.bias_iterations)
 
     @property
     def global_shape(self) -> tuple[int, int, int]:
@@ -278,17 +287,27 @@ class PreprocessConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> PreprocessConfig:
-        """Inverse of :meth:`to_dict`. Unknown or missing required keys raise ValueError naming them."""
+        """Inverse of :meth:`to_dict`.
+
+        Raises:
+            InputError: (a ValueError) not a mapping, unknown or missing required keys, or a value
+                the constructor refuses; the message names the setting, what was expected and found.
+        """
         if not isinstance(data, Mapping):
-            raise ValueError(f"PreprocessConfig.from_dict expects a mapping, got {type(data).__name__}")
+            raise InputError(describe(None, "invalid preprocessing configuration", expected="a mapping of settings",
+                                      found=type(data).__name__, fix="pass PreprocessConfig.to_dict() output"))
         known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
+        unknown = sorted(set(data) - known, key=str)
         if unknown:
-            raise ValueError(f"PreprocessConfig: unknown keys {unknown} (known: {sorted(known)})")
+            raise InputError(describe(None, f"PreprocessConfig: unknown keys {unknown}",
+                                      expected=f"keys among {sorted(known)}", found=f"{len(unknown)} unknown",
+                                      fix="remove or rename them (a newer ossnet may have written them)"))
         required = ("geometry", "shape", "channels", "intensity")
         missing = [k for k in required if k not in data]
         if missing:
-            raise ValueError(f"PreprocessConfig: missing required keys {missing}")
+            raise InputError(describe(None, f"PreprocessConfig: missing required keys {missing}",
+                                      expected=f"all of {list(required)}", found=f"keys {sorted(data, key=str)}",
+                                      fix="add the missing settings"))
         return cls(**dict(data))
 
 
@@ -333,7 +352,9 @@ PREPROCESS_PRESETS: Mapping[str, PreprocessConfig] = MappingProxyType(
 def preprocess_preset(preset: str, *, large_patches: bool = False) -> PreprocessConfig:
     """The named preset (``brats``, ``lits``, ``demo``), with the large patch for variants B/D."""
     if preset not in PREPROCESS_PRESETS:
-        raise ValueError(f"unknown preprocess preset {preset!r}; known: {sorted(PREPROCESS_PRESETS)}")
+        raise InputError(describe(None, f"unknown preprocess preset {preset!r}",
+                                  expected=f"one of {sorted(PREPROCESS_PRESETS)}", found=repr(preset),
+                                  fix="pick one of the presets"))
     return replace(PREPROCESS_PRESETS[preset], large_patches=bool(large_patches))
 
 
@@ -383,12 +404,20 @@ def _channel_moments(channel: np.ndarray, mask: np.ndarray | None) -> tuple[floa
     return mean, math.sqrt(squares / count), count
 
 
-def intensity_stats(vol: np.ndarray, foreground: np.ndarray | None, config: PreprocessConfig) -> IntensityStats:
+def intensity_stats(
+    vol: np.ndarray,
+    foreground: np.ndarray | None,
+    config: PreprocessConfig,
+    *,
+    source: str | os.PathLike[str] | None = None,
+) -> IntensityStats:
     """Normalisation parameters of ``vol`` ``(C, X, Y, Z)`` (raw intensities, any real dtype).
 
     ``zscore_foreground``: per channel mean/std over the ``foreground`` ``(X, Y, Z)`` bool voxels
     (an empty or missing mask falls back to the whole volume); ``zscore_volume``: over every
-    voxel; a std of 0 becomes 1. ``ct_window``: fixed, from ``ct_window_hu``.
+    voxel. A channel that is constant there (std 0) keeps scale 1, so it normalises to zeros, and
+    a :class:`RuntimeWarning` naming ``source`` and the channel says so (usually an empty or wrong
+    channel). ``ct_window``: fixed, from ``ct_window_hu``.
     :func:`prepare_volume` calls this on the resampled canonical volume **before** placement, so
     cropping by the grid never changes the statistics.
     """
@@ -407,7 +436,22 @@ def intensity_stats(vol: np.ndarray, foreground: np.ndarray | None, config: Prep
         mean, std, _ = _channel_moments(vol[c], mask)
         offsets.append(mean)
         scales.append(std if std > 0.0 else 1.0)
+        if not std > 0.0:
+            _warn_constant_channel(source, config, c, mean, "foreground" if mask is not None else "image")
     return IntensityStats(offset=tuple(offsets), scale=tuple(scales), clip=None)
+
+
+def _warn_constant_channel(
+    source: str | os.PathLike[str] | None, config: PreprocessConfig, c: int, value: float, region: str
+) -> None:
+    name = repr(config.channels[c]) if c < len(config.channels) else str(c)
+    warnings.warn(
+        describe(source, f"channel {name} is constant over the {region} (every voxel {value:g}), "
+                 "so it normalises to zeros", expected="varying intensities", found="standard deviation 0",
+                 fix="check that the right image was given for this channel"),
+        RuntimeWarning,
+        stacklevel=3,
+    )
 
 
 def _apply_channel(values: np.ndarray, stats: IntensityStats, c: int) -> None:
@@ -517,7 +561,7 @@ def _source(source: str | os.PathLike[str] | None) -> str | None:
     return None if source is None else os.fspath(source)
 
 
-def _check_image(data: np.ndarray, config: PreprocessConfig, source: str | None) -> np.ndarray:
+def _check_image(data: np.ndarray, config: PreprocessConfig, source: str | None, *, finite_checked: bool) -> np.ndarray:
     vol = np.asarray(data)
     n_channels = len(config.channels)
     if vol.ndim != 4 or vol.shape[0] != n_channels or min(vol.shape) < 1:
@@ -530,7 +574,7 @@ def _check_image(data: np.ndarray, config: PreprocessConfig, source: str | None)
     if vol.dtype.kind not in "iuf":
         raise InputError(describe(source, "the image is not real-valued numbers", expected="integer or float voxels",
                                   found=f"dtype {vol.dtype}", fix="convert the image to float32"))
-    if vol.dtype.kind == "f":
+    if vol.dtype.kind == "f" and not finite_checked:
         for c in range(n_channels):
             bad = int(vol[c].size - np.count_nonzero(np.isfinite(vol[c])))
             if bad:
@@ -540,6 +584,13 @@ def _check_image(data: np.ndarray, config: PreprocessConfig, source: str | None)
                              fix="repair or re-export the image (NaN/inf usually come from a failed conversion)")
                 )
     return vol
+
+
+def check_fit(fit: str) -> None:
+    """:class:`InputError` unless ``fit`` is one of :data:`FIT_MODES` (``"error"``, ``"downsample"``)."""
+    if fit not in FIT_MODES:
+        raise InputError(describe(None, f"unknown fit {fit!r}", expected=" or ".join(map(repr, FIT_MODES)),
+                                  found=repr(fit), fix="use fit='downsample' to shrink inputs larger than the grid"))
 
 
 def _check_shift(shift: Sequence[int], config: PreprocessConfig) -> tuple[int, int, int]:
@@ -607,6 +658,7 @@ def prepare_volume(
     shift: Sequence[int] = (0, 0, 0),
     fit: str = "error",
     source: str | os.PathLike[str] | None = None,
+    finite_checked: bool = False,
 ) -> PreparedVolume:
     """Turn a stored image into model input (the one entry point of training and the runtime).
 
@@ -620,6 +672,8 @@ def prepare_volume(
         fit: ``"error"`` (a foreground box larger than the grid raises :class:`InputError`) or
             ``"downsample"`` (shrink isotropically, trilinear, until it fits).
         source: file name used in error messages.
+        finite_checked: ``data`` was checked for NaN/inf where it was read
+            (``ossnet_deploy.inputs.resolve_volume``), so the scan is not repeated.
 
     Steps: reorient to RAS+ (a view); ``fixed_spacing_pad``: resample to ``spacing_mm`` when any
     axis is off by more than ``spacing_tolerance``, centre the foreground box (raw value >
@@ -635,9 +689,8 @@ def prepare_volume(
     volume adds ``1/8`` of the grid.
     """
     src = _source(source)
-    if fit not in FIT_MODES:
-        raise ValueError(f"fit must be one of {FIT_MODES}, got {fit!r}")
-    vol = _check_image(data, config, src)
+    check_fit(fit)
+    vol = _check_image(data, config, src, finite_checked=finite_checked)
     shift3 = _check_shift(shift, config)
     ornt = canonical_orientation(affine, source=src)
     canon = to_canonical(vol, ornt)
@@ -652,7 +705,7 @@ def prepare_volume(
     if config.geometry == "fixed_shape_resample":
         padded = resample_linear(canon, config.shape)
         mask = foreground_mask(padded, config.foreground_threshold) if use_mask else None
-        stats = intensity_stats(padded, mask, config)
+        stats = intensity_stats(padded, mask, config, source=src)
         del mask
         apply_intensity(padded, stats)
         pads = padding_values(stats, config)
@@ -674,7 +727,7 @@ def prepare_volume(
             canonical_spacing_mm=spacing, resampled_shape=rs, offset=offset, shift=applied,
             grid_shape=config.shape,
         )
-        stats = intensity_stats(resampled, mask if use_mask else None, config)
+        stats = intensity_stats(resampled, mask if use_mask else None, config, source=src)
         del mask
         pads = padding_values(stats, config)
         padded = np.empty((n_channels, *config.shape), dtype=np.float32)

@@ -14,6 +14,7 @@ pillow and numpy only; the file is written atomically.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,7 +28,7 @@ from ossnet_deploy.errors import InputError, describe
 if TYPE_CHECKING:
     from PIL.Image import Image as PILImage
 
-__all__ = ["render_preview", "write_preview"]
+__all__ = ["GreyLevels", "grey_levels", "render_preview", "write_preview"]
 
 # Label k is drawn in _PALETTE[(k - 1) % len(_PALETTE)].
 _PALETTE = ((255, 40, 40), (40, 220, 40), (60, 120, 255), (255, 220, 0), (255, 0, 255), (0, 230, 230))
@@ -70,13 +71,42 @@ def _window(image: np.ndarray) -> tuple[float, float]:
     return lo, hi if hi > lo else lo + 1.0
 
 
-def _panel(grey: np.ndarray, labels2d: np.ndarray, size_rc: tuple[float, float],
-           window: tuple[float, float]) -> PILImage:
+@dataclass(frozen=True, eq=False)
+class GreyLevels:
+    """An image windowed to 8-bit grey levels: ``levels`` ``(X, Y, Z)`` uint8 on the stored grid.
+
+    A quarter of a float32 image's memory, so a caller may keep it while the image itself is
+    released (the CLI takes it when the input is read and draws the preview after segmenting).
+    """
+
+    levels: np.ndarray
+
+
+_LEVEL_SLAB = 16  # stored slices windowed at a time: a float64 slab, never a whole-volume copy
+
+
+def grey_levels(image: np.ndarray) -> GreyLevels:
+    """Window ``image`` ``(X, Y, Z)`` to the 0.5th-99.5th percentile and map it to 0..255.
+
+    Raises:
+        InputError: ``image`` is not 3D.
+    """
+    img = np.asarray(image)
+    if img.ndim != 3:
+        raise InputError(describe(None, "preview needs a 3D image", expected="an (X, Y, Z) array",
+                                  found=f"shape {img.shape}", fix="pass one channel of the input"))
+    lo, hi = _window(img)
+    levels = np.empty(img.shape, dtype=np.uint8)
+    for start in range(0, img.shape[0], _LEVEL_SLAB):
+        slab = img[start : start + _LEVEL_SLAB].astype(np.float64)
+        levels[start : start + _LEVEL_SLAB] = (np.clip((slab - lo) / (hi - lo), 0.0, 1.0) * 255).astype(np.uint8)
+    return GreyLevels(levels)
+
+
+def _panel(levels: np.ndarray, labels2d: np.ndarray, size_rc: tuple[float, float]) -> PILImage:
     from PIL import Image
 
-    lo, hi = window
-    scaled = np.clip((grey.astype(np.float64) - lo) / (hi - lo), 0.0, 1.0)
-    rgb = np.repeat((scaled * 255).astype(np.uint8)[..., None], 3, axis=2)
+    rgb = np.repeat(levels[..., None], 3, axis=2)
     edge = _outline(labels2d)
     for value in np.unique(labels2d[edge]):
         rgb[edge & (labels2d == value)] = _PALETTE[(int(value) - 1) % len(_PALETTE)]
@@ -86,11 +116,12 @@ def _panel(grey: np.ndarray, labels2d: np.ndarray, size_rc: tuple[float, float],
     return Image.fromarray(rgb, mode="RGB").resize((width, height), Image.Resampling.NEAREST)
 
 
-def render_preview(image: np.ndarray, labels: np.ndarray, affine: np.ndarray) -> PILImage:
+def render_preview(image: np.ndarray | GreyLevels, labels: np.ndarray, affine: np.ndarray) -> PILImage:
     """Render the preview as a ``PIL.Image.Image`` (RGB).
 
     Args:
-        image: ``(X, Y, Z)`` grey values on the stored grid (e.g. the first input channel).
+        image: ``(X, Y, Z)`` grey values on the stored grid (e.g. the first input channel), or
+            their :func:`grey_levels`.
         labels: ``(X, Y, Z)`` uint8 segmentation on the same grid.
         affine: ``(4, 4)`` voxel-to-world matrix of that grid (mm).
 
@@ -99,7 +130,7 @@ def render_preview(image: np.ndarray, labels: np.ndarray, affine: np.ndarray) ->
     """
     from PIL import Image
 
-    img = np.asarray(image)
+    img = (image if isinstance(image, GreyLevels) else grey_levels(image)).levels
     lab = np.asarray(labels)
     if img.ndim != 3 or img.shape != lab.shape:
         raise InputError(describe(None, "preview needs a 3D image and labels of the same shape",
@@ -114,7 +145,6 @@ def render_preview(image: np.ndarray, labels: np.ndarray, affine: np.ndarray) ->
         spacing[int(canonical_axis)] = float(sizes[stored_axis])
     sx, sy, sz = spacing
     ci, cj, ck = _centre_of_mass(lab > 0)
-    window = _window(img)
     # Each view: rows top->bottom, columns left->right (see the module docstring).
     views = [
         (img[:, :, ck].T[::-1], lab[:, :, ck].T[::-1], (sy, sx)),  # axial: rows = -j, cols = +i
@@ -124,7 +154,7 @@ def render_preview(image: np.ndarray, labels: np.ndarray, affine: np.ndarray) ->
     panels = []
     for grey, lab2d, (row_mm, col_mm) in views:
         rows, cols = grey.shape
-        panels.append(_panel(grey, lab2d, (rows * row_mm, cols * col_mm), window))
+        panels.append(_panel(grey, lab2d, (rows * row_mm, cols * col_mm)))
     width = sum(p.width for p in panels) + _GAP * (len(panels) - 1)
     canvas = Image.new("RGB", (width, _PANEL_HEIGHT))
     x = 0
@@ -136,7 +166,7 @@ def render_preview(image: np.ndarray, labels: np.ndarray, affine: np.ndarray) ->
 
 def write_preview(
     path: str | os.PathLike[str],
-    image: np.ndarray,
+    image: np.ndarray | GreyLevels,
     labels: np.ndarray,
     affine: np.ndarray,
     *,

@@ -1,81 +1,59 @@
 """``Segmenter``: an exported OSS-Net pair behind one call, ``segment(image) -> NIfTI``.
 
-One call runs
+A :class:`Segmenter` is a loaded :class:`~ossnet_deploy.model.ModelPair` plus the settings of
+one run (scheduler mode, chunk size, interpolation margin). One ``segment`` call
 
-1. **read**: any accepted input form (``ossnet_deploy.inputs``) -> ``(C, X, Y, Z)`` float32;
-2. **prepare**: ``prepare_volume`` -> the normalised padded grid, the global volume, placement;
-   the raw data is released here;
-3. **encode**: the encoder graph, once: ``latent`` (and ``coarse_logits`` for C/D);
-4. **scheduler stages**: ``run_scheduler`` asks for logits of voxel batches; our decode callable
-   normalises their coordinates, cuts their patches from the padded grid and runs the decoder
-   with the latent bound once per volume, in chunks of at most ``max_queries``;
-5. **restore**: the region labels go back onto the input's own grid and header.
+1. **reads** any accepted input form (``ossnet_deploy.inputs``: checked there, once) into
+   ``(C, X, Y, Z)`` float32;
+2. **prepares** it (``prepare_volume``): the normalised padded grid, the global volume and the
+   placement; the raw data is released here;
+3. runs **the pipeline** (``ossnet_deploy.pipeline.segment_prepared``): encode once, schedule
+   decoder queries, labels back on the input's grid;
+4. wraps the labels in a NIfTI image with the input's header.
 
-Thread safety: the ONNX Runtime sessions are shared and their ``run`` is thread-safe; every
-other piece of state (prepared volume, latent, patch buffer, statistics) lives in the call, so
-``segment`` may be called from several threads at once. Statistics are returned
+Thread safety: the sessions are shared and their ``run`` is thread-safe; every other piece of
+state (prepared volume, latent, patch buffer, statistics) lives in the call, so ``segment`` may
+be called from several threads at once. Statistics are returned
 (:meth:`Segmenter.segment_with_stats`), never stored on the shared object.
 
 Memory of one call beyond the sessions: the raw input (until prepared), the padded grid
 (C x grid float32), the global volume (1/8 of it), one patch buffer of ``max_queries`` patches,
-the scheduler's compact state, a uint8 grid and the uint8 output. docs/runtime.md has the
-measured bytes per voxel.
+the scheduler's compact state and the uint8 output. docs/runtime.md has the measured bytes per
+voxel.
 """
 
 from __future__ import annotations
 
 import os
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
 
 from ossnet_deploy.backends.base import Backend
-from ossnet_deploy.devices import DeviceRequest, parse_device, warn_once
-from ossnet_deploy.errors import InputError, ModelFormatError, describe
-from ossnet_deploy.inputs import ImageLike, resolve_volume
-from ossnet_deploy.memory import peak_rss_bytes, reset_peak_rss
-from ossnet_deploy.metadata import (
-    COARSE_LOGITS,
-    COORDS,
-    LATENT,
-    LOGITS,
-    PATCHES,
-    VOLUME,
-    GraphMetadata,
-    check_pair,
-    read_graph_metadata,
-)
+from ossnet_deploy.errors import InputError, describe
+from ossnet_deploy.inputs import ImageLike, VolumeInput, resolve_volume
+from ossnet_deploy.memory import peak_rss_bytes
+from ossnet_deploy.metadata import GraphMetadata
+from ossnet_deploy.model import CPU_DEVICES, ModelPair, check_precision
 from ossnet_deploy.nifti_io import labels_image
-from ossnet_deploy.preprocess import (
-    PreparedVolume,
-    PreprocessConfig,
-    encoder_input,
-    extract_patches,
-    labels_to_input,
-    normalise_coords,
-    prepare_volume,
-)
-from ossnet_deploy.scheduler import MODES, SchedulerConfig, SchedulerStats, run_scheduler
+from ossnet_deploy.pipeline import bind_decoder, segment_prepared
+from ossnet_deploy.preprocess import PreparedVolume, PreprocessConfig, prepare_volume
+from ossnet_deploy.scheduler import MODES, SchedulerConfig, SchedulerStats
 
 __all__ = [
     "DEFAULT_MAX_QUERIES",
-    "DEFAULT_MODEL_DIR",
     "GPU_DEFAULT_MAX_QUERIES",
-    "PRECISIONS",
     "EncodedState",
-    "ModelFiles",
     "Progress",
     "SegmentationStats",
     "Segmenter",
-    "find_model_files",
 ]
-
-DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "models" / "mni-wm-demo"
-"""The bundled default model (docs/design.md#files-that-ship)."""
 
 DEFAULT_MAX_QUERIES = 4096
 """Decoder queries per call on the CPU when none is given: the knee of speed vs memory
@@ -87,92 +65,27 @@ GPU_DEFAULT_MAX_QUERIES = 32768
 query is small; 32768 is also the maximum of the TensorRT profile ``ossnet-export --trt``
 builds by default. Not measured here (no GPU in this project's CI)."""
 
-PRECISIONS = ("fp32", "fp16")
-
-CPU_DEVICES = ("cpu", "openvino")
-"""Backend devices that are the CPU (the CPU chunk default and the fp16 warning apply)."""
-
 Progress = Callable[[str, int, int], None]
 """``progress(stage, done, total)``: stages ``read``, ``prepare``, ``encode`` (1 of 1 when
 finished), every scheduler stage (queries done of queries planned so far), ``restore``."""
 
-ENCODER_FILE = "encoder.onnx"
-DECODER_FILE = "decoder.onnx"
-DECODER_FP16_FILE = "decoder.fp16.onnx"
+OnRead = Callable[[VolumeInput], None]
+"""``on_read(volume)``: sees the input once it is read and checked, before it is prepared
+(e.g. the CLI keeps the grey levels of its preview); must not modify ``volume.data``."""
+
+# Names that lived here before the model module existed (docs/design.md#model-files-and-metadata).
+_MOVED_TO_MODEL = ("DEFAULT_MODEL_DIR", "PRECISIONS", "CPU_DEVICES", "ENCODER_FILE", "DECODER_FILE",
+                   "DECODER_FP16_FILE", "ModelFiles", "find_model_files")
 
 
-@dataclass(frozen=True)
-class ModelFiles:
-    """The graph files of a model folder that one :class:`Segmenter` loads.
+def __getattr__(name: str) -> Any:
+    if name in _MOVED_TO_MODEL:
+        from ossnet_deploy import model
 
-    Attributes:
-        folder: the model folder.
-        encoder: the encoder ONNX graph.
-        decoder: the decoder ONNX graph (``decoder.fp16.onnx`` for ``precision="fp16"``).
-        encoder_engine: TensorRT EP-context model of the encoder, or None.
-        decoder_engine: TensorRT EP-context model of the decoder, or None.
-    """
-
-    folder: Path
-    encoder: Path
-    decoder: Path
-    encoder_engine: Path | None = None
-    decoder_engine: Path | None = None
-
-    @property
-    def has_trt_engines(self) -> bool:
-        """Both graphs have engines written by ``ossnet-export --trt``."""
-        return self.encoder_engine is not None and self.decoder_engine is not None
-
-
-def _engine_for(graph: Path) -> Path | None:
-    """The EP-context model ``ossnet-export --trt`` writes beside ``graph``, if any."""
-    from ossnet_deploy.backends.trt import engine_context_path
-
-    candidate = engine_context_path(graph)
-    return candidate if candidate.is_file() else None
-
-
-def find_model_files(model_dir: str | os.PathLike[str] | None, precision: str = "fp32") -> ModelFiles:
-    """Locate the graphs of a model folder (default: the bundled model).
-
-    Raises:
-        ModelFormatError: the folder or a graph file is missing (the message names the folder
-            and the fix); the bundled model is missing from this installation.
-        InputError: an unknown precision.
-    """
-    if precision not in PRECISIONS:
-        raise InputError(describe(None, f"unknown precision {precision!r}", expected=" or ".join(PRECISIONS),
-                                  found=repr(precision), fix="pass precision='fp32' (CPU) or 'fp16' (GPU)"))
-    if model_dir is None:
-        folder = DEFAULT_MODEL_DIR
-        if not (folder / ENCODER_FILE).is_file():
-            raise ModelFormatError(
-                describe(folder, "the default model is not bundled with this installation",
-                         expected=f"{ENCODER_FILE} and {DECODER_FILE} in it", found="no model files",
-                         fix="pass a model folder written by ossnet-export (model_dir=... / -m FOLDER)")
-            )
-    else:
-        folder = Path(model_dir)
-        if not folder.is_dir():
-            raise ModelFormatError(
-                describe(folder, "model folder not found" if not folder.exists() else "model path is not a folder",
-                         expected=f"a folder holding {ENCODER_FILE} and {DECODER_FILE} (ossnet-export output)",
-                         found="nothing" if not folder.exists() else "a file",
-                         fix="pass the folder ossnet-export wrote")
-            )
-    decoder_name = DECODER_FP16_FILE if precision == "fp16" else DECODER_FILE
-    for name in (ENCODER_FILE, decoder_name):
-        if not (folder / name).is_file():
-            fix = ("export it with `ossnet-export CHECKPOINT --fp16`, or use precision='fp32'"
-                   if name == DECODER_FP16_FILE else "pass the folder ossnet-export wrote, or export the model again")
-            present = sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
-            raise ModelFormatError(
-                describe(folder / name, "model file missing", expected=f"{name} in {folder}",
-                         found=", ".join(present[:10]) or "an empty folder", fix=fix)
-            )
-    encoder, decoder = folder / ENCODER_FILE, folder / decoder_name
-    return ModelFiles(folder, encoder, decoder, _engine_for(encoder), _engine_for(decoder))
+        warnings.warn(f"ossnet_deploy.segmenter.{name} moved to ossnet_deploy.model.{name}", DeprecationWarning,
+                      stacklevel=2)
+        return getattr(model, name)
+    raise AttributeError(f"module 'ossnet_deploy.segmenter' has no attribute {name!r}")
 
 
 @dataclass(frozen=True)
@@ -205,8 +118,9 @@ class SegmentationStats:
         stage_queries: ``(scheduler stage, decoder queries)`` in run order.
         stage_seconds: ``(stage, wall seconds)`` in run order: ``read``, ``prepare``,
             ``encode``, every scheduler stage, ``restore`` (the CLI adds ``write``).
-        peak_rss_bytes: the process's peak resident memory during the call (VmHWM after a
-            reset at the start; per process, so concurrent calls share it), or None.
+        peak_rss_bytes: the process's peak resident memory (VmHWM) at the end of the call, or
+            None. Per process: a caller that wants one call's peak resets it first
+            (``ossnet_deploy.memory.reset_peak_rss``; the CLI does so per case).
         scheduler: the scheduler's own statistics.
     """
 
@@ -257,33 +171,14 @@ def _shape3(shape: tuple[int, ...]) -> tuple[int, int, int]:
     return (int(shape[0]), int(shape[1]), int(shape[2]))
 
 
-class _Timer:
-    """Collects ``(stage, seconds)`` in order and reports finished stages to ``progress``."""
-
-    def __init__(self, progress: Progress | None) -> None:
-        self.stages: list[tuple[str, float]] = []
-        self._progress = progress
-        self._start = time.perf_counter()
-
-    def lap(self, name: str) -> None:
-        now = time.perf_counter()
-        self.stages.append((name, now - self._start))
-        self._start = now
-        if self._progress is not None:
-            self._progress(name, 1, 1)
-
-    def skip(self) -> None:
-        """Restart the clock without recording (the scheduler timed its own stages)."""
-        self._start = time.perf_counter()
-
-
 class Segmenter:
-    """An exported encoder/decoder pair, its preprocessing and the query scheduler.
+    """A loaded model pair, its preprocessing and the query scheduler's settings.
 
     Create it with :meth:`from_dir`. ``segment`` is thread-safe.
 
     Args:
-        encoder: backend of the encoder graph.
+        encoder: backend of the encoder graph (or a :class:`ModelPair` as the only positional
+            argument, with ``encoder_meta``/``decoder_meta`` left out).
         decoder: backend of the decoder graph.
         encoder_meta: the encoder's ossnet metadata.
         decoder_meta: the decoder's ossnet metadata.
@@ -302,64 +197,40 @@ class Segmenter:
 
     def __init__(
         self,
-        encoder: Backend,
-        decoder: Backend,
-        encoder_meta: GraphMetadata,
-        decoder_meta: GraphMetadata,
+        encoder: Backend | ModelPair,
+        decoder: Backend | None = None,
+        encoder_meta: GraphMetadata | None = None,
+        decoder_meta: GraphMetadata | None = None,
         *,
         max_queries: int | None = None,
         mode: str = "adaptive",
         model_dir: Path | None = None,
         interpolation_margin: float | None = None,
     ) -> None:
-        check_pair(encoder_meta, decoder_meta, encoder.path, decoder.path)
-        for backend, meta in ((encoder, encoder_meta), (decoder, decoder_meta)):
-            backend.require({s.name: s for s in meta.io.inputs}, {s.name: s for s in meta.io.outputs})
-        try:
-            preprocess = PreprocessConfig.from_dict(encoder_meta.preprocess)
-        except (TypeError, ValueError) as exc:
-            raise ModelFormatError(
-                describe(encoder.path, "the model's preprocessing metadata is invalid", found=str(exc),
-                         fix="re-export the model with this version of ossnet-export")
-            ) from None
-        facts = encoder_meta.scheduler
-        if tuple(facts.grid_shape) != tuple(preprocess.shape):
-            raise ModelFormatError(
-                describe(encoder.path, "scheduler grid and preprocessing grid differ",
-                         expected=f"grid {tuple(preprocess.shape)}", found=f"grid {tuple(facts.grid_shape)}",
-                         fix="re-export the model")
-            )
+        if isinstance(encoder, ModelPair):
+            pair = encoder
+        else:
+            if decoder is None or encoder_meta is None or decoder_meta is None:
+                raise TypeError("Segmenter(encoder, decoder, encoder_meta, decoder_meta) or Segmenter(pair)")
+            pair = ModelPair(encoder, decoder, encoder_meta, decoder_meta, folder=model_dir)
         _check_settings(mode, max_queries, interpolation_margin)
-        limit = decoder.max_queries_limit
+        limit = pair.max_queries_limit
         chunk = max_queries
         if chunk is None:
-            chunk = DEFAULT_MAX_QUERIES if decoder.device in CPU_DEVICES else GPU_DEFAULT_MAX_QUERIES
+            chunk = DEFAULT_MAX_QUERIES if pair.device in CPU_DEVICES else GPU_DEFAULT_MAX_QUERIES
             chunk = chunk if limit is None else min(chunk, limit)
         if limit is not None and chunk > limit:
-            raise InputError(describe(decoder.path, "max_queries exceeds the TensorRT engine's profile",
+            raise InputError(describe(pair.decoder_backend.path, "max_queries exceeds the TensorRT engine's profile",
                                       expected=f"at most {limit}", found=str(chunk),
                                       fix=f"pass max_queries <= {limit}, or rebuild the engine with a larger "
                                           "--max-queries"))
-        self._has_patches = PATCHES in decoder.inputs
-        if self._has_patches:
-            want = preprocess.patch_channels()
-            got = decoder.inputs[PATCHES].shape[1]
-            if got != want:
-                raise ModelFormatError(
-                    describe(decoder.path, "decoder patch channels disagree with the preprocessing",
-                             expected=f"{want} patch channels", found=f"{got}", fix="re-export the model")
-                )
-        self.encoder = encoder
-        self.decoder = decoder
-        self.encoder_meta = encoder_meta
-        self.decoder_meta = decoder_meta
-        self.preprocess = preprocess
+        self.pair = pair
         self.mode = mode
         self.max_queries = chunk
-        self.model_dir = model_dir
+        self.model_dir = pair.folder if model_dir is None else model_dir
         margin = {} if interpolation_margin is None else {"interpolation_margin": interpolation_margin}
-        self.scheduler_config = SchedulerConfig(mode=mode, threshold_logit=facts.threshold_logit, max_queries=chunk,
-                                                **margin)
+        self.scheduler_config = SchedulerConfig(mode=mode, threshold_logit=pair.encoder_meta.scheduler.threshold_logit,
+                                                max_queries=chunk, **margin)
 
     # ------------------------------------------------------------------------------ loading
 
@@ -379,8 +250,8 @@ class Segmenter:
         Args:
             model_dir: a folder written by ``ossnet-export`` (``encoder.onnx``, ``decoder.onnx``,
                 optionally ``decoder.fp16.onnx`` and TensorRT engines).
-            device: ``auto`` (TensorRT, CUDA, CPU, as available), ``cpu``, ``cuda[:N]``,
-                ``gpu[:N]`` or ``trt[:N]``.
+            device: ``auto`` (TensorRT, CUDA, CPU, as available), ``cpu``, ``openvino``,
+                ``cuda[:N]``, ``gpu[:N]`` or ``trt[:N]``.
             precision: ``fp32`` or ``fp16`` (the ``decoder.fp16.onnx`` graph; meant for GPUs).
             max_queries: decoder queries per call (the memory cap; default
                 :data:`DEFAULT_MAX_QUERIES` on CPU, :data:`GPU_DEFAULT_MAX_QUERIES` on a GPU).
@@ -395,20 +266,37 @@ class Segmenter:
             DependencyError: an explicit GPU device this installation cannot drive.
             InputError: an unknown device, precision, mode, or a bad ``max_queries``/``threads``.
         """
-        request = parse_device(device)
+        check_precision(precision)
         _check_settings(mode, max_queries, interpolation_margin)  # before the (slow) sessions are built
-        files = find_model_files(model_dir, precision)
-        encoder_meta = read_graph_metadata(files.encoder)
-        decoder_meta = read_graph_metadata(files.decoder)
-        check_pair(encoder_meta, decoder_meta, files.encoder, files.decoder)
-        encoder, decoder = _load_backends(files, request, threads)
-        if precision == "fp16" and decoder.device in CPU_DEVICES:
-            warn_once(describe(files.decoder, "fp16 runs on the CPU here, where it is slower than fp32",
-                               fix="use precision='fp32' on CPUs; fp16 pays off on GPUs"))
-        return cls(encoder, decoder, encoder_meta, decoder_meta, max_queries=max_queries, mode=mode,
-                   model_dir=files.folder, interpolation_margin=interpolation_margin)
+        pair = ModelPair.open(model_dir, device=device, precision=precision, threads=threads)
+        return cls(pair, max_queries=max_queries, mode=mode, interpolation_margin=interpolation_margin)
 
     # ----------------------------------------------------------------------------- properties
+
+    @property
+    def encoder(self) -> Backend:
+        """The encoder graph's backend."""
+        return self.pair.encoder
+
+    @property
+    def decoder(self) -> Backend:
+        """The decoder graph's backend."""
+        return self.pair.decoder_backend
+
+    @property
+    def encoder_meta(self) -> GraphMetadata:
+        """The encoder's ossnet metadata."""
+        return self.pair.encoder_meta
+
+    @property
+    def decoder_meta(self) -> GraphMetadata:
+        """The decoder's ossnet metadata."""
+        return self.pair.decoder_meta
+
+    @property
+    def preprocess(self) -> PreprocessConfig:
+        """The preprocessing the model was trained with."""
+        return self.pair.preprocess
 
     @property
     def channels(self) -> tuple[str, ...]:
@@ -423,19 +311,30 @@ class Segmenter:
     @property
     def device(self) -> str:
         """Where the decoder runs: ``cpu``, ``openvino`` (the CPU, through OpenVINO), ``cuda:N`` or ``trt:N``."""
-        return self.decoder.device
+        return self.pair.device
 
     # ----------------------------------------------------------------------- research API
 
-    def prepare(self, image: ImageLike, *, fit: str = "error") -> tuple[PreparedVolume, nib.Nifti1Image, str]:
+    def read(self, image: ImageLike | VolumeInput) -> VolumeInput:
+        """Read and check one input (any form :meth:`segment` takes) for this model's channels.
+
+        Raises:
+            InputError: see :func:`ossnet_deploy.inputs.resolve_volume`.
+        """
+        if isinstance(image, VolumeInput):
+            return image
+        return resolve_volume(image, self.preprocess.channels, min_side=self.preprocess.patch_size)
+
+    def prepare(self, image: ImageLike | VolumeInput, *, fit: str = "error") -> tuple[PreparedVolume, nib.Nifti1Image, str]:
         """Read and preprocess one input: ``(prepared volume, reference image, source name)``.
 
         Raises:
             InputError: see :func:`ossnet_deploy.inputs.resolve_volume` and ``prepare_volume``.
         """
         _check_fit(fit)
-        volume = resolve_volume(image, self.preprocess.channels, min_side=self.preprocess.patch_size)
-        prepared = prepare_volume(volume.data, volume.affine, self.preprocess, fit=fit, source=volume.source)
+        volume = self.read(image)
+        prepared = prepare_volume(volume.data, volume.affine, self.preprocess, fit=fit, source=volume.source,
+                                  finite_checked=True)
         return prepared, volume.reference, volume.source
 
     def encode(self, volume_or_prepared: PreparedVolume | ImageLike) -> EncodedState:
@@ -448,8 +347,8 @@ class Segmenter:
             prepared = volume_or_prepared
         else:
             prepared = self.prepare(volume_or_prepared)[0]
-        outputs = self.encoder.run({VOLUME: np.ascontiguousarray(encoder_input(prepared))})
-        return EncodedState(prepared, outputs[LATENT], outputs.get(COARSE_LOGITS))
+        encoding = self.pair.encode(prepared.global_volume[None])
+        return EncodedState(prepared, encoding.latent, encoding.coarse_logits)
 
     def query(self, state: EncodedState, idx_or_coords: np.ndarray) -> np.ndarray:
         """Decoder logits at arbitrary points of one encoded volume.
@@ -489,49 +388,22 @@ class Segmenter:
                                           fix="normalise as (2 * idx + 1) / shape - 1"))
             # Inverse of c = (2 * idx + 1) / shape - 1, rounded to the nearest voxel for the patch.
             idx = np.clip(np.rint(((coords + 1.0) * grid - 1.0) / 2.0), 0, grid - 1).astype(np.int64)
-        decode = self._decode_fn(state)
+        decode = bind_decoder(state.prepared, self.preprocess, self.pair, state.latent, max_queries=self.max_queries)
         out = np.empty(idx.shape[0], dtype=np.float32)
         for begin in range(0, idx.shape[0], self.max_queries):
             end = min(begin + self.max_queries, idx.shape[0])
             out[begin:end] = decode(idx[begin:end], None if coords is None else coords[begin:end])
         return out
 
-    def _decode_fn(self, state: EncodedState) -> Callable[[np.ndarray, np.ndarray | None], np.ndarray]:
-        """The per-volume decode function: ``(idx (N, 3) int64, coords or None) -> (N,) float32``.
-
-        Binds the latent once and reuses one patch buffer of ``max_queries`` patches, so every
-        chunk allocates nothing of the grid's size.
-        """
-        prepared = state.prepared
-        config = self.preprocess
-        run = self.decoder.bind({LATENT: np.ascontiguousarray(state.latent, dtype=np.float32)})
-        buffer = None
-        if self._has_patches:
-            p = config.patch_size
-            buffer = np.empty((self.max_queries, config.patch_channels(), p, p, p), dtype=np.float32)
-
-        def decode(idx: np.ndarray, coords: np.ndarray | None = None) -> np.ndarray:
-            n = idx.shape[0]
-            if n == 0:
-                return np.empty(0, dtype=np.float32)
-            feed = {COORDS: normalise_coords(idx, config.shape) if coords is None else coords}
-            if buffer is not None:
-                feed[PATCHES] = extract_patches(prepared.padded, prepared.pad_values, idx,
-                                                large=config.large_patches, patch_size=config.patch_size,
-                                                out=buffer[:n])
-            return run(feed)[LOGITS].reshape(n)
-
-        return decode
-
     # --------------------------------------------------------------------------- segment
 
-    def segment(self, image: ImageLike, *, fit: str = "error", progress: Progress | None = None) -> nib.Nifti1Image:
+    def segment(self, image: ImageLike | VolumeInput, *, fit: str = "error", progress: Progress | None = None) -> nib.Nifti1Image:
         """Segment one volume.
 
         Args:
             image: a NIfTI path, a list of per-channel paths (model order), a case folder, a
-                nibabel image, or ``(array, affine)`` with ``array`` ``(X, Y, Z)`` or
-                ``(X, Y, Z, C)`` laid out like NIfTI data.
+                nibabel image, ``(array, affine)`` with ``array`` ``(X, Y, Z)`` or
+                ``(X, Y, Z, C)`` laid out like NIfTI data, or a :class:`VolumeInput` already read.
             fit: ``"error"``: a foreground larger than the model grid raises InputError;
                 ``"downsample"``: shrink it until it fits.
             progress: ``progress(stage, done, total)`` callback (see :data:`Progress`).
@@ -548,50 +420,51 @@ class Segmenter:
         return self.segment_with_stats(image, fit=fit, progress=progress)[0]
 
     def segment_with_stats(
-        self, image: ImageLike, *, fit: str = "error", progress: Progress | None = None
+        self, image: ImageLike | VolumeInput, *, fit: str = "error", progress: Progress | None = None,
+        on_read: OnRead | None = None,
     ) -> tuple[nib.Nifti1Image, SegmentationStats]:
-        """:meth:`segment`, also returning the call's :class:`SegmentationStats`."""
+        """:meth:`segment`, also returning the call's :class:`SegmentationStats`.
+
+        ``on_read(volume)`` (optional) sees the input right after it is read and checked.
+        """
         _check_fit(fit)
-        reset_peak_rss()
-        timer = _Timer(progress)
-        volume = resolve_volume(image, self.preprocess.channels, min_side=self.preprocess.patch_size)
+        started = time.perf_counter()
+        volume = self.read(image)
         reference, source = volume.reference, volume.source
         input_shape = _shape3(volume.data.shape[1:])
-        timer.lap("read")
-        prepared = prepare_volume(volume.data, volume.affine, self.preprocess, fit=fit, source=source)
+        if on_read is not None:
+            on_read(volume)
+        read_at = time.perf_counter()
+        if progress is not None:
+            progress("read", 1, 1)
+        prepared = prepare_volume(volume.data, volume.affine, self.preprocess, fit=fit, source=source,
+                                  finite_checked=True)
         del volume  # the raw input is not needed any more; only the padded grid stays
-        timer.lap("prepare")
-        state = self.encode(prepared)
-        timer.lap("encode")
-        decode = self._decode_fn(state)
-        result = run_scheduler(
-            decode, self.preprocess.shape, prepared.region, self.scheduler_config,
-            coarse_logits=state.coarse_logits, progress=progress,
-        )
-        timer.skip()
-        grid_labels = np.zeros(self.preprocess.shape, dtype=np.uint8)
-        grid_labels[prepared.region] = result.labels
-        placement, scheduler_stats = prepared.placement, result.stats
-        del state, prepared, decode, result
-        labels = labels_to_input(grid_labels, placement, source=source)
-        del grid_labels
-        output = labels_image(labels, reference)
-        timer.lap("restore")
-        stages = scheduler_stats.stages
-        region_shape = _shape3(tuple(s.stop - s.start for s in placement.region))
-        timed = [*timer.stages[:3], *((s.name, s.seconds) for s in stages), *timer.stages[3:]]
+        prepared_at = time.perf_counter()
+        if progress is not None:
+            progress("prepare", 1, 1)
+        region_shape = _shape3(tuple(s.stop - s.start for s in prepared.region))
+        result = segment_prepared(prepared, self.preprocess, self.pair, self.scheduler_config, source=source,
+                                  progress=progress)
+        del prepared
+        wrap_started = time.perf_counter()
+        output = labels_image(result.labels, reference)
+        stage_seconds = [("read", read_at - started), ("prepare", prepared_at - read_at), *result.stage_seconds]
+        # The header wrap belongs to the restore stage, as before the pipeline existed.
+        name, seconds = stage_seconds[-1]
+        stage_seconds[-1] = (name, seconds + time.perf_counter() - wrap_started)
+        stages = result.stats.stages
         stats = SegmentationStats(
             source=source, mode=self.mode, device=self.device, max_queries=self.max_queries,
             input_shape=input_shape, region_shape=region_shape,
             stage_queries=tuple((s.name, s.queries) for s in stages),
-            stage_seconds=tuple(timed), peak_rss_bytes=peak_rss_bytes(), scheduler=scheduler_stats,
+            stage_seconds=tuple(stage_seconds), peak_rss_bytes=peak_rss_bytes(), scheduler=result.stats,
         )
         return output, stats
 
     def close(self) -> None:
         """Release both sessions."""
-        self.encoder.close()
-        self.decoder.close()
+        self.pair.close()
 
     def __enter__(self) -> Segmenter:
         return self
@@ -620,32 +493,3 @@ def _check_fit(fit: str) -> None:
     if fit not in ("error", "downsample"):
         raise InputError(describe(None, f"unknown fit {fit!r}", expected="'error' or 'downsample'",
                                   found=repr(fit), fix="use fit='downsample' to shrink inputs larger than the grid"))
-
-
-def _load_backends(files: ModelFiles, request: DeviceRequest, threads: int | None) -> tuple[Backend, Backend]:
-    """Create the encoder and decoder backends for a device request."""
-    from ossnet_deploy.backends.ort import OrtBackend
-    from ossnet_deploy.devices import plan_providers
-
-    plan = plan_providers(request, has_trt_engine=files.has_trt_engines)
-    if plan.kind == "trt":
-        from ossnet_deploy.backends.trt import TrtBackend
-
-        encoder_engine, decoder_engine = files.encoder_engine, files.decoder_engine
-        if encoder_engine is None or decoder_engine is None:
-            raise ModelFormatError(
-                describe(files.folder, "no TensorRT engines in the model folder",
-                         expected="the EP-context models written by `ossnet-export CHECKPOINT --trt`",
-                         found="only ONNX graphs", fix="export with --trt on this machine, or use device='cuda'")
-            )
-        return (TrtBackend(encoder_engine, source_onnx=files.encoder, plan=plan, threads=threads),
-                TrtBackend(decoder_engine, source_onnx=files.decoder, plan=plan, threads=threads))
-    encoder = OrtBackend(files.encoder, device=plan, threads=threads)
-    if request.kind == "openvino":
-        # Only the decoder: it runs ~600 k times per volume and its elementwise chains are what
-        # OpenVINO fuses; the encoder runs once, and ONNX Runtime's slabbed run keeps its peak low.
-        from ossnet_deploy.backends.openvino import OpenVinoBackend
-
-        return encoder, OpenVinoBackend(files.decoder, threads=threads)
-    decoder = OrtBackend(files.decoder, device=encoder.plan, threads=threads)
-    return encoder, decoder

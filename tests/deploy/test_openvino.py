@@ -18,7 +18,7 @@ from ossnet_deploy.backends.ort import OrtBackend
 from ossnet_deploy.devices import parse_device, plan_providers
 from ossnet_deploy.errors import DependencyError, InputError, ModelFormatError
 from ossnet_deploy.metrics import dice
-from ossnet_deploy.segmenter import DEFAULT_MODEL_DIR
+from ossnet_deploy.model import DEFAULT_MODEL_DIR
 
 SAMPLE = Path(__file__).resolve().parents[2] / "examples" / "demo_3004_t1.nii.gz"
 DECODER = DEFAULT_MODEL_DIR / "decoder.onnx"

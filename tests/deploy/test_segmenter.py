@@ -30,7 +30,8 @@ from ossnet_deploy.metadata import KEY_FORMAT_VERSION
 from ossnet_deploy.metrics import dice
 from ossnet_deploy.onnx_metadata import read_onnx_metadata
 from ossnet_deploy.scheduler import SchedulerConfig
-from ossnet_deploy.segmenter import DEFAULT_MAX_QUERIES, find_model_files
+from ossnet_deploy.model import find_model_files
+from ossnet_deploy.segmenter import DEFAULT_MAX_QUERIES
 
 GRID = (32, 32, 24)
 PREPROCESS = {"geometry": "fixed_spacing_pad", "shape": list(GRID), "channels": ["t1"],
@@ -424,12 +425,12 @@ def test_missing_model_files(tmp_path: Path) -> None:
 
 
 def test_default_model(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from ossnet_deploy import segmenter as segmenter_module
+    from ossnet_deploy import model as model_module
 
-    if not (segmenter_module.DEFAULT_MODEL_DIR / "encoder.onnx").is_file():
+    if not (model_module.DEFAULT_MODEL_DIR / "encoder.onnx").is_file():
         with pytest.raises(ModelFormatError, match=r"the default model is not bundled"):
             Segmenter.from_dir()
-    monkeypatch.setattr(segmenter_module, "DEFAULT_MODEL_DIR", tmp_path)
+    monkeypatch.setattr(model_module, "DEFAULT_MODEL_DIR", tmp_path)
     write_threshold_pair(tmp_path, PREPROCESS)
     assert find_model_files(None).folder == tmp_path
     assert Segmenter.from_dir(device="cpu").model_dir == tmp_path
