@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -77,7 +78,7 @@ def test_presets_follow_the_contract() -> None:
     assert preprocess_preset("brats", large_patches=True).patch_channels() == 8
     assert brats.patch_channels() == 4 and brats.patch_channels(3) == 3
     assert set(PREPROCESS_PRESETS) == {"brats", "lits", "demo"}
-    with pytest.raises(ValueError, match="unknown preprocess preset 'nope'"):
+    with pytest.raises(InputError, match=r"unknown preprocess preset 'nope' \(expected one of \['brats', 'demo', 'lits'\]"):
         preprocess_preset("nope")
 
 
@@ -92,33 +93,43 @@ def test_config_round_trips_through_json(name: str) -> None:
 
 def test_config_from_dict_names_unknown_and_missing_keys() -> None:
     d = _config().to_dict()
-    with pytest.raises(ValueError, match=r"unknown keys \['colour', 'zz'\]"):
+    with pytest.raises(InputError, match=r"unknown keys \['colour', 'zz'\] \(expected keys among .*\)\. Fix: "):
         PreprocessConfig.from_dict({**d, "zz": 1, "colour": "red"})
     del d["channels"]
-    with pytest.raises(ValueError, match=r"missing required keys \['channels'\]"):
+    with pytest.raises(InputError, match=r"missing required keys \['channels'\].*Fix: add the missing settings"):
         PreprocessConfig.from_dict(d)
+    with pytest.raises(InputError, match=r"invalid preprocessing configuration \(expected a mapping.*found list\)"):
+        PreprocessConfig.from_dict([("geometry", "fixed_spacing_pad")])  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
     ("field", "value", "match"),
     [
-        ("geometry", "stretch", "geometry.*'stretch'"),
-        ("intensity", "minmax", "intensity.*'minmax'"),
-        ("shape", (24, 24), r"shape must have 3 values"),
-        ("shape", (24, 23, 16), r"divisible by global_downsample"),
-        ("spacing_mm", (1.0, 0.0, 1.0), "spacing_mm must be positive"),
-        ("channels", ("a", "a"), "channels must be unique"),
-        ("ct_window_hu", (10.0, -10.0), "lower < upper"),
-        ("patch_size", 6, "patch_size must be a positive odd int, got 6"),
-        ("max_shift", -1, "max_shift must be >= 0, got -1"),
-        ("flip_axes", (0, 3), "flip_axes"),
-        ("coordinate_convention", "raw", "coordinate_convention"),
-        ("large_patches", "yes", "large_patches must be a bool"),
+        ("geometry", "stretch", r"geometry \(expected one of \('fixed_spacing_pad', 'fixed_shape_resample'\); found 'stretch'\)"),
+        ("intensity", "minmax", r"intensity \(expected one of .*; found 'minmax'\)"),
+        ("shape", (24, 24), r"shape \(expected 3 values; found \(24, 24\)\)"),
+        ("shape", (24, 23, 16), r"shape \(expected three positive ints divisible by global_downsample=2; found \(24, 23, 16\)\)"),
+        ("shape", (24, float("nan"), 16), r"shape \(expected a whole number; found nan\)"),
+        ("shape", (24, float("inf"), 16), r"shape \(expected a whole number; found inf\)"),
+        ("spacing_mm", (1.0, 0.0, 1.0), r"spacing_mm \(expected three positive sizes in mm; found \(1\.0, 0\.0, 1\.0\)\)"),
+        ("spacing_mm", (1.0, float("inf"), 1.0), r"spacing_mm \(expected a finite number; found inf\)"),
+        ("channels", ("a", "a"), r"channels \(expected unique non-empty names; found \('a', 'a'\)\)"),
+        ("channels", "ab", r"channels \(expected a sequence; found 'ab'\)"),
+        ("ct_window_hu", (10.0, -10.0), r"ct_window_hu \(expected \(lower, upper\) with lower < upper; found \(10\.0, -10\.0\)\)"),
+        ("patch_size", 6, r"patch_size \(expected a positive odd int; found 6\)"),
+        ("max_shift", -1, r"max_shift \(expected an int >= 0; found -1\)"),
+        ("max_shift", True, r"max_shift \(expected an int; found True\)"),
+        ("flip_axes", (0, 3), r"flip_axes \(expected distinct axes among 0, 1, 2; found \(0, 3\)\)"),
+        ("coordinate_convention", "raw", r"coordinate_convention \(expected 'voxel_centre_minus1_plus1'; found 'raw'\)\. Fix: re-export"),
+        ("large_patches", "yes", r"large_patches \(expected a bool; found 'yes'\)"),
     ],
 )
 def test_config_validation_names_the_bad_value(field: str, value, match: str) -> None:
-    with pytest.raises(ValueError, match=match):
+    # An InputError (a ValueError, so older `except ValueError` callers keep working) in describe() form.
+    with pytest.raises(InputError, match=r"^invalid preprocessing setting PreprocessConfig\." + match) as info:
         _config(**{field: value})
+    assert isinstance(info.value, ValueError)
+    assert ". Fix: " in str(info.value)
 
 
 def test_config_is_frozen() -> None:
@@ -141,10 +152,30 @@ def test_zscore_foreground_normalises_over_the_foreground_only() -> None:
 
 def test_zscore_volume_and_constant_channels() -> None:
     data, _ = _image()
-    data[1] = 4.0  # constant channel: std 0 becomes 1
-    out = normalise(data, None, _config(intensity="zscore_volume"))
+    data[1] = 4.0  # constant channel: std 0 becomes 1, with a warning naming the channel
+    with pytest.warns(RuntimeWarning, match=r"channel 'b' is constant over the image \(every voxel 4\), so it normalises "
+                      r"to zeros \(expected varying intensities; found standard deviation 0\)"):
+        out = normalise(data, None, _config(intensity="zscore_volume"))
     assert abs(float(out[0].mean())) < 1e-5 and float(out[0].std()) == pytest.approx(1.0, abs=1e-5)
     np.testing.assert_array_equal(out[1], 0.0)
+
+
+def test_a_channel_constant_over_the_foreground_warns_and_normalises_to_zeros() -> None:
+    data, label = _image()
+    data[1][label.astype(bool)] = 7.0  # varies over the image (0 outside), constant over the foreground
+    with pytest.warns(RuntimeWarning, match=r"^sub\.nii: channel 'b' is constant over the foreground \(every voxel 7\)"):
+        prepared = prepare_volume(data, np.eye(4), _config(), source="sub.nii")
+    region = prepared.placement.region
+    inside = prepared.padded[1][region][label.astype(bool)]
+    np.testing.assert_array_equal(inside, 0.0)  # (7 - 7) / 1: the numbers are those of before the warning
+    assert prepared.stats.scale[1] == 1.0 and prepared.stats.offset[1] == 7.0
+
+
+def test_a_varying_image_prepares_without_warnings() -> None:
+    data, _ = _image()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        prepare_volume(data, np.eye(4), _config())
 
 
 def test_ct_window_clips_and_maps_to_minus_one_one() -> None:
@@ -249,13 +280,17 @@ def test_foreground_too_large_is_an_input_error_unless_downsampling() -> None:
     back = labels_to_input(grid_label, p)
     assert back.shape == label.shape
     assert _dice(back, label) > 0.9
-    with pytest.raises(ValueError, match="fit must be one of"):
+    # The same InputError Segmenter raises for a bad fit.
+    with pytest.raises(InputError, match=r"unknown fit 'squash' \(expected 'error' or 'downsample'; found 'squash'\)"
+                       r"\. Fix: use fit='downsample'"):
         prepare_volume(data, np.eye(4), cfg, fit="squash")
 
 
 def test_empty_foreground_centres_the_whole_volume() -> None:
     data = np.zeros((2, 20, 18, 12), dtype=np.float32)
-    prepared = prepare_volume(data, np.eye(4), _config())
+    with pytest.warns(RuntimeWarning) as record:
+        prepared = prepare_volume(data, np.eye(4), _config(), source="empty.nii")
+    assert [str(w.message).split(" is constant")[0] for w in record] == ["empty.nii: channel 'a'", "empty.nii: channel 'b'"]
     assert prepared.placement.offset == (2, 3, 2)
     assert np.all(prepared.padded == 0.0)
 
