@@ -261,10 +261,7 @@ def _preprocess_config(cfg: TrainConfig) -> PreprocessConfig:
             raise InputError(describe(None, f"unknown preprocessing setting {name!r}",
                                       expected=f"one of {sorted(values)}", fix="check the override's name"))
         values[name] = value
-    try:
-        return PreprocessConfig.from_dict(values)
-    except ValueError as exc:
-        raise InputError(describe(None, "invalid preprocessing override", found=str(exc))) from None
+    return PreprocessConfig.from_dict(values)  # an invalid value raises InputError naming the setting
 
 
 def _model_config(cfg: TrainConfig, preprocess: PreprocessConfig) -> Any:

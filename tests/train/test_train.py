@@ -223,6 +223,15 @@ def test_bad_settings_are_refused_before_reading_data(tmp_path: Path) -> None:
         fit(tiny_config(tmp_path / "missing", tmp_path / "run", val_split="reference"))
 
 
+def test_a_bad_preprocessing_override_is_refused_naming_the_setting(tmp_path: Path) -> None:
+    # PreprocessConfig raises the InputError itself; training no longer re-wraps it.
+    config = tiny_config(tmp_path / "data", tmp_path / "run",
+                         preprocess_overrides=(*TINY_PREPROCESS, ("patch_size", 6)))
+    with pytest.raises(InputError, match=r"^invalid preprocessing setting PreprocessConfig\.patch_size "
+                       r"\(expected a positive odd int; found 6\)\. Fix: "):
+        _preprocess_config(config)
+
+
 def test_memory_plan_picks_the_batch_from_the_budget(tmp_path: Path) -> None:
     config = tiny_config(tmp_path / "data", tmp_path / "run", batch=0, points=4096, max_batch=64)
     preprocess = _preprocess_config(config)
