@@ -29,6 +29,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from ossnet_train.config import PATCH_MODES
+
 __all__ = ["PAU_FLOPS", "QueryFlops", "query_flops", "torch_marginal_flops", "valid_taps"]
 
 #: FLOPs per element of one PAU evaluation (see the module docstring).
@@ -86,7 +88,7 @@ def query_flops(config: Mapping[str, Any]) -> QueryFlops:
     latent = 1
     for side in config["latent_shape"]:
         latent *= int(side)
-    patch_channels = int(config["in_channels"]) * ("none", "small", "small_large").index(config["patch_mode"])
+    patch_channels = int(config["in_channels"]) * PATCH_MODES.index(config["patch_mode"])  # as ModelConfig.patch_channels
     conv_valid = conv_dense = patch_elementwise = 0
     if patch_channels:
         hidden = max(patch_channels // 2, 1)

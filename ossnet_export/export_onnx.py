@@ -259,7 +259,7 @@ def check_exportable(config: ModelConfig, preprocess: PreprocessConfig, source: 
         problems.append(f"global_downsample {preprocess.global_downsample} (the model's global volume is grid / 2)")
     if len(preprocess.channels) != config.in_channels:
         problems.append(f"{len(preprocess.channels)} preprocess channels vs {config.in_channels} model channels")
-    if preprocess.large_patches != (config.patch_mode == "small_large"):
+    if preprocess.large_patches != config.large_patches:
         problems.append(f"large_patches={preprocess.large_patches} vs patch_mode {config.patch_mode!r}")
     if config.uses_patches and preprocess.patch_size != 7:
         problems.append(f"patch_size {preprocess.patch_size} (the patch encoder takes 7^3)")

@@ -33,6 +33,7 @@ __all__ = [
     "VariantSpec",
     "canonical_variant",
     "model_config",
+    "uses_large_patches",
 ]
 
 #: ``ModelConfig.architecture`` of OSS-Net models (the registry dispatches on it).
@@ -45,6 +46,16 @@ PATCH_FEATURES = PATCH_SIZE**3
 PATCH_MODES = ("none", "small", "small_large")
 
 
+def uses_large_patches(patch_mode: str) -> bool:
+    """Whether a model of ``patch_mode`` also takes the pooled 14^3 patch (variants B, D).
+
+    The one place this is decided: :attr:`ModelConfig.large_patches`,
+    :attr:`VariantSpec.large_patches`, the training samples, the preprocessing a run or an
+    export pairs with the model (``PreprocessConfig.large_patches``) all derive from it.
+    """
+    return patch_mode == "small_large"
+
+
 @dataclass(frozen=True)
 class VariantSpec:
     """What distinguishes one OSS-Net variant from another (paper Table 1)."""
@@ -54,6 +65,11 @@ class VariantSpec:
     skip_encoder: bool
     patch_mode: str
     aux_head: bool
+
+    @property
+    def large_patches(self) -> bool:
+        """Whether the variant takes the pooled 14^3 patch too (see :func:`uses_large_patches`)."""
+        return uses_large_patches(self.patch_mode)
 
 
 VARIANT_SPECS: dict[str, VariantSpec] = {
@@ -185,6 +201,11 @@ class ModelConfig:
     def uses_patches(self) -> bool:
         """Whether the decoder takes ``patches`` (every variant but O-Net)."""
         return self.patch_mode != "none"
+
+    @property
+    def large_patches(self) -> bool:
+        """Whether the decoder also takes the pooled 14^3 patch (B, D; see :func:`uses_large_patches`)."""
+        return uses_large_patches(self.patch_mode)
 
     @property
     def patch_channels(self) -> int:

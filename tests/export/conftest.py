@@ -31,6 +31,7 @@ from ossnet_export.export_onnx import ExportOptions, ExportResult, export_model
 from ossnet_export.testing import perturb_
 from ossnet_export.verify import make_case
 from ossnet_train.checkpoint import save_checkpoint
+from ossnet_train.config import VARIANT_SPECS
 from ossnet_train.model import OSSNet
 from ossnet_train.registry import create_model
 
@@ -47,13 +48,13 @@ _SEEDS = {"onet": 0, "a": 1, "b": 2, "c": 3, "d": 3}
 
 def make_tiny_model(variant: str, *, seed: int | None = None) -> tuple[OSSNet, PreprocessConfig]:
     """A perturbed, calibrated tiny model of ``variant`` and its preprocessing."""
-    multi = variant in ("b", "d")
+    multi = VARIANT_SPECS[variant].large_patches
     preset = "brats" if multi else "demo"
     channels = ("flair", "t1") if multi else ("t1",)
     torch.manual_seed(0)
     model = create_model(variant, preset, global_shape=(16, 16, 16), encoder_channels=(len(channels), 4),
                          decoder_width=16, decoder_blocks=2 if variant in ("c", "d") else 1)
-    preprocess = replace(preprocess_preset(preset, large_patches=model.config.patch_mode == "small_large"),
+    preprocess = replace(preprocess_preset(preset, large_patches=model.config.large_patches),
                          shape=_GRID, channels=channels)
     case = make_case(preprocess, (61, 389))
     perturb_(model, seed=_SEEDS[model.config.variant] if seed is None else seed, calibrate=(case, preprocess))

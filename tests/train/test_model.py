@@ -12,7 +12,16 @@ import torch.nn.functional as F
 
 from ossnet_deploy.errors import ModelFormatError
 from ossnet_train import pau as pau_module
-from ossnet_train.config import PRESETS, VARIANTS, ModelConfig, canonical_variant, model_config
+from ossnet_train.config import (
+    PATCH_MODES,
+    PRESETS,
+    VARIANT_SPECS,
+    VARIANTS,
+    ModelConfig,
+    canonical_variant,
+    model_config,
+    uses_large_patches,
+)
 from ossnet_train.decoder import CBNActivationFunction
 from ossnet_train.model import OSSNet
 from ossnet_train.pau import lean_backward
@@ -92,6 +101,17 @@ def test_presets_follow_the_contract_table() -> None:
     assert model_config("b", "lits").patch_channels == 2
     assert model_config("d", "brats").patch_channels == 8
     assert model_config("onet", "demo").patch_channels == 0
+
+
+@pytest.mark.parametrize(("variant", "large"), [("onet", False), ("a", False), ("b", True), ("c", False), ("d", True)])
+def test_large_patches_are_decided_by_the_patch_mode(variant: str, large: bool) -> None:
+    # B and D (and only they) add the pooled 14^3 patch: C_p = 2C, and the preprocessing pairs with it.
+    cfg = model_config(variant, "brats")
+    assert cfg.large_patches is large
+    assert VARIANT_SPECS[variant].large_patches is large
+    assert uses_large_patches(cfg.patch_mode) is large
+    assert cfg.patch_channels == (2 * cfg.in_channels if large else cfg.in_channels if cfg.uses_patches else 0)
+    assert [uses_large_patches(mode) for mode in PATCH_MODES] == [False, False, True]
 
 
 def test_tiny_overrides_derive_the_latent() -> None:
