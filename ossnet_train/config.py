@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from ossnet_deploy.errors import ModelFormatError, describe
+from ossnet_deploy.presets import PRESETS as PRESET_TABLE
 
 __all__ = [
     "ARCHITECTURE",
@@ -95,10 +96,12 @@ class ModelPreset:
     decoder_width: int
 
 
+#: The model half of every preset, derived from the one preset table (:mod:`ossnet_deploy.presets`,
+#: torch-free, which also builds the preprocessing): in_channels is the preset's channel count and
+#: global_shape half its preprocessing grid, so model and preprocessing cannot disagree.
 PRESETS: dict[str, ModelPreset] = {
-    "brats": ModelPreset(4, (4, 16, 32, 64, 128), (128, 128, 80), 512),
-    "lits": ModelPreset(1, (1, 8, 16, 32, 64, 128), (256, 256, 256), 512),
-    "demo": ModelPreset(1, (1, 16, 32, 64, 128), (112, 128, 96), 128),
+    name: ModelPreset(preset.in_channels, preset.encoder_channels, preset.global_shape, preset.decoder_width)
+    for name, preset in PRESET_TABLE.items()
 }
 
 

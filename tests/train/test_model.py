@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from ossnet_deploy.errors import ModelFormatError
+from ossnet_deploy.preprocess import preprocess_preset
+from ossnet_deploy.presets import PRESETS as PRESET_TABLE
 from ossnet_train import pau as pau_module
 from ossnet_train.config import (
     PATCH_MODES,
@@ -18,6 +20,7 @@ from ossnet_train.config import (
     VARIANT_SPECS,
     VARIANTS,
     ModelConfig,
+    ModelPreset,
     canonical_variant,
     model_config,
     uses_large_patches,
@@ -112,6 +115,19 @@ def test_large_patches_are_decided_by_the_patch_mode(variant: str, large: bool) 
     assert uses_large_patches(cfg.patch_mode) is large
     assert cfg.patch_channels == (2 * cfg.in_channels if large else cfg.in_channels if cfg.uses_patches else 0)
     assert [uses_large_patches(mode) for mode in PATCH_MODES] == [False, False, True]
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_model_presets_come_from_the_one_preset_table(preset: str) -> None:
+    # ossnet_deploy.presets holds both halves; the model's sizes and its preprocessing always fit.
+    table = PRESET_TABLE[preset]
+    assert PRESETS[preset] == ModelPreset(table.in_channels, table.encoder_channels, table.global_shape,
+                                          table.decoder_width)
+    for variant in VARIANTS:
+        cfg = model_config(variant, preset)
+        preprocess = preprocess_preset(preset, large_patches=cfg.large_patches)
+        assert cfg.grid_shape == preprocess.shape and cfg.in_channels == len(preprocess.channels)
+        assert cfg.patch_channels == (preprocess.patch_channels() if cfg.uses_patches else 0)
 
 
 def test_tiny_overrides_derive_the_latent() -> None:
