@@ -49,7 +49,7 @@ from ossnet_train.batches import (
     TrainingSamples,
     ValidationCase,
 )
-from ossnet_train.config import model_config
+from ossnet_train.config import VARIANT_SPECS, model_config
 from ossnet_train.datasets import NiftiDataset, make_dataset
 from ossnet_train.decoder import ConditionalBatchNorm
 from ossnet_train.devices import autocast_dtype, resolve_device
@@ -251,7 +251,9 @@ def load_datasets(cfg: TrainConfig) -> tuple[NiftiDataset, NiftiDataset | None]:
 
 
 def _preprocess_config(cfg: TrainConfig) -> PreprocessConfig:
-    large = cfg.arch == "ossnet" and cfg.variant.strip().lower() in ("b", "d")
+    # An unknown variant is refused by _model_config (InputError naming it), not here.
+    spec = VARIANT_SPECS.get(cfg.variant.strip().lower())
+    large = cfg.arch == "ossnet" and spec is not None and spec.large_patches
     base = preprocess_preset(cfg.preset, large_patches=large)
     if not cfg.preprocess_overrides:
         return base
@@ -322,7 +324,7 @@ def _sample_config(cfg: TrainConfig, model_cfg: Any, preprocess: PreprocessConfi
         return SampleConfig(
             architecture="ossnet", points=points, sampling=cfg.sampling, border_balance=cfg.border_balance,
             coarse_shape=tuple(model_cfg.latent_shape) if model_cfg.has_coarse else None,
-            patches=model_cfg.uses_patches, large_patches=model_cfg.patch_mode == "small_large", augment=augment,
+            patches=model_cfg.uses_patches, large_patches=model_cfg.large_patches, augment=augment,
         )
     crop = tuple(min(c, s) for c, s in zip(cfg.crop, preprocess.shape, strict=True))
     divisor = model_cfg.size_divisor

@@ -341,6 +341,23 @@ def test_init_from_refuses_another_model_config(tmp_path: Path) -> None:
                         init_from=str(tmp_path / "first" / "last.pt")))
 
 
+@pytest.mark.parametrize(("arch", "variant", "large"), [
+    ("ossnet", "b", True), ("ossnet", " D ", True), ("ossnet", "c", False), ("ossnet", "O-Net", False),
+    ("ossnet", "e", False), ("unet3d", "d", False),
+])
+def test_large_patches_follow_the_variant(tmp_path: Path, arch: str, variant: str, large: bool) -> None:
+    # The run's preprocessing and its samples add the pooled 14^3 patch exactly for B and D; an
+    # unknown variant is left to _model_config, which refuses it naming the variant.
+    config = tiny_config(tmp_path / "data", tmp_path / "run", arch=arch, variant=variant)
+    preprocess = _preprocess_config(config)
+    assert preprocess.large_patches is large
+    if arch == "ossnet" and variant != "e":
+        assert _sample_config(config, _model_config(config, preprocess), preprocess, 64).large_patches is large
+    elif arch == "ossnet":
+        with pytest.raises(InputError, match="unknown OSS-Net variant 'e'"):
+            _model_config(config, preprocess)
+
+
 def test_augment_overrides_reach_the_samples_and_are_checked(tmp_path: Path) -> None:
     config = tiny_config(tmp_path / "data", tmp_path / "run", augment_overrides=(("brightness", 0),
                                                                                  ("noise_p", 1.0)))
