@@ -131,43 +131,34 @@ def _worker_torch(spec: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from ossnet_deploy.inputs import resolve_volume
-    from ossnet_deploy.preprocess import PreprocessConfig, labels_to_input, prepare_volume
-    from ossnet_deploy.scheduler import SchedulerConfig, run_scheduler
+    from ossnet_deploy.pipeline import segment_prepared
+    from ossnet_deploy.preprocess import PreprocessConfig, prepare_volume
+    from ossnet_deploy.scheduler import SchedulerConfig
     from ossnet_train.checkpoint import load_model
     from ossnet_train.devices import evaluation_mode
-    from ossnet_train.validate import torch_decoder
+    from ossnet_train.torch_pair import TorchPair
 
     _torch_threads(spec["threads"])
     imported = _since(started)
     model, ckpt = load_model(spec["checkpoint"])
     config = PreprocessConfig.from_dict(ckpt.preprocess)
-    device = torch.device("cpu")
     loaded = _since(started)
     meter = PeakMeter()
     t0 = time.perf_counter()
     volume = resolve_volume(spec["input"], config.channels, min_side=config.patch_size)
     t_read = time.perf_counter()
-    prepared = prepare_volume(volume.data, volume.affine, config, source=volume.source)
+    prepared = prepare_volume(volume.data, volume.affine, config, source=volume.source, finite_checked=True)
     del volume
     t_prepare = time.perf_counter()
-    grid = config.shape
+    # The runtime's own pipeline with the PyTorch model as its pair: only the model differs.
     with evaluation_mode(model):
-        encoded = model.encode(torch.from_numpy(prepared.global_volume[None]))
-        coarse = None if encoded.coarse_logits is None else encoded.coarse_logits[0, 0].numpy()
-        t_encode = time.perf_counter()
-        decode = torch_decoder(model, prepared, encoded.latent, device=device)
-        result = run_scheduler(decode, grid, prepared.region,
-                               SchedulerConfig(mode=spec["mode"], max_queries=spec["max_queries"]), coarse_logits=coarse)
-    t_scheduler = time.perf_counter()
-    grid_labels = np.zeros(grid, dtype=np.uint8)
-    grid_labels[prepared.region] = result.labels
-    labels = labels_to_input(grid_labels, prepared.placement)
-    t_restore = time.perf_counter()
+        result = segment_prepared(prepared, config, TorchPair(model), SchedulerConfig(mode=spec["mode"],
+                                  max_queries=spec["max_queries"]))
+    t_done = time.perf_counter()
     peaks = meter.finish()
-    _save_labels(labels, spec.get("labels_out"))
-    stages = [["read", t_read - t0], ["prepare", t_prepare - t_read], ["encode", t_encode - t_prepare],
-              *([s.name, s.seconds] for s in result.stats.stages), ["restore", t_restore - t_scheduler]]
-    return {"seconds": t_restore - t0, "stage_seconds": stages,
+    _save_labels(result.labels, spec.get("labels_out"))
+    stages = [["read", t_read - t0], ["prepare", t_prepare - t_read], *([n, s] for n, s in result.stage_seconds)]
+    return {"seconds": t_done - t0, "stage_seconds": stages,
             "stage_queries": [[s.name, s.queries] for s in result.stats.stages],
             "queries": result.stats.total_queries, "import_seconds": imported, "load_seconds": loaded - imported,
             "torch": torch.__version__, **peaks}

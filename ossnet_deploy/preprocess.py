@@ -7,8 +7,8 @@ becomes the normalised padded grid, the global volume, the padding values and th
 
 This module holds the configuration (:class:`PreprocessConfig`, presets) and intensities;
 orientation, resampling and placement live in :mod:`ossnet_deploy.geometry`, patches and
-coordinates in :mod:`ossnet_deploy.patches`. Their public names are re-exported here, so
-``from ossnet_deploy.preprocess import extract_patches`` works as docs/design.md describes.
+coordinates in :mod:`ossnet_deploy.patches`: import their names from there (the old spellings
+``ossnet_deploy.preprocess.extract_patches`` etc. still resolve, with a DeprecationWarning).
 numpy + nibabel only (never torch).
 """
 
@@ -33,15 +33,11 @@ from ossnet_deploy.geometry import (
     centred_offset,
     foreground_bbox,
     foreground_mask,
-    from_canonical,
-    labels_to_grid,
-    labels_to_input,
     resample_linear,
-    resample_nearest,
     spacing_resampled_shape,
     to_canonical,
 )
-from ossnet_deploy.patches import extract_patches, normalise_coords
+from ossnet_deploy.presets import PRESETS
 
 __all__ = [
     "BIAS_CORRECTIONS",
@@ -51,29 +47,33 @@ __all__ = [
     "INTENSITIES",
     "PREPROCESS_PRESETS",
     "IntensityStats",
-    "Placement",
     "PreparedVolume",
     "PreprocessConfig",
     "apply_intensity",
-    "canonical_orientation",
-    "canonical_voxel_sizes",
     "check_fit",
     "encoder_input",
-    "extract_patches",
-    "from_canonical",
     "global_pool",
     "intensity_stats",
-    "labels_to_grid",
-    "labels_to_input",
     "normalise",
-    "normalise_coords",
     "padding_values",
     "prepare_volume",
     "preprocess_preset",
-    "resample_linear",
-    "resample_nearest",
-    "to_canonical",
 ]
+
+# Names this module re-exported before each lived only in its own module (docs/design.md#geometry).
+_MOVED = {"extract_patches": "patches", "normalise_coords": "patches", "from_canonical": "geometry",
+          "labels_to_grid": "geometry", "labels_to_input": "geometry", "resample_nearest": "geometry"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _MOVED:
+        import importlib
+
+        module = f"ossnet_deploy.{_MOVED[name]}"
+        warnings.warn(f"ossnet_deploy.preprocess.{name} is {module}.{name}; import it from there",
+                      DeprecationWarning, stacklevel=2)
+        return getattr(importlib.import_module(module), name)
+    raise AttributeError(f"module 'ossnet_deploy.preprocess' has no attribute {name!r}")
 
 GEOMETRIES = ("fixed_spacing_pad", "fixed_shape_resample")
 INTENSITIES = ("zscore_foreground", "zscore_volume", "ct_window")
@@ -311,41 +311,10 @@ class PreprocessConfig:
         return cls(**dict(data))
 
 
+#: Every preset's preprocessing, built from the one preset table (:mod:`ossnet_deploy.presets`,
+#: which also holds the model sizes ``ossnet_train.config.PRESETS`` is derived from).
 PREPROCESS_PRESETS: Mapping[str, PreprocessConfig] = MappingProxyType(
-    {
-        "brats": PreprocessConfig(
-            geometry="fixed_spacing_pad",
-            shape=(256, 256, 160),
-            channels=("flair", "t1", "t1ce", "t2"),
-            intensity="zscore_foreground",
-            spacing_mm=(1.0, 1.0, 1.0),
-            max_shift=8,
-            background_raw=0.0,
-            flip_axes=(0,),
-        ),
-        "lits": PreprocessConfig(
-            geometry="fixed_shape_resample",
-            shape=(512, 512, 512),
-            channels=("ct",),
-            intensity="ct_window",
-            ct_window_hu=(-250.0, 250.0),
-            background_raw=-250.0,
-            # Body vs air; only used if the intensity is switched to zscore_foreground.
-            foreground_threshold=-500.0,
-            # The liver is lateralised: a mirrored abdomen never occurs at inference.
-            flip_axes=(),
-        ),
-        "demo": PreprocessConfig(
-            geometry="fixed_spacing_pad",
-            shape=(224, 256, 192),
-            channels=("t1",),
-            intensity="zscore_foreground",
-            spacing_mm=(1.0, 1.0, 1.0),
-            max_shift=8,
-            background_raw=0.0,
-            flip_axes=(0,),
-        ),
-    }
+    {name: PreprocessConfig(**preset.preprocess_kwargs()) for name, preset in PRESETS.items()}
 )
 
 

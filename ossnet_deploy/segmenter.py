@@ -43,7 +43,7 @@ from ossnet_deploy.metadata import GraphMetadata
 from ossnet_deploy.model import CPU_DEVICES, ModelPair, check_precision
 from ossnet_deploy.nifti_io import labels_image
 from ossnet_deploy.pipeline import bind_decoder, segment_prepared
-from ossnet_deploy.preprocess import PreparedVolume, PreprocessConfig, prepare_volume
+from ossnet_deploy.preprocess import PreparedVolume, PreprocessConfig, check_fit, prepare_volume
 from ossnet_deploy.scheduler import MODES, SchedulerConfig, SchedulerStats
 
 __all__ = [
@@ -331,7 +331,7 @@ class Segmenter:
         Raises:
             InputError: see :func:`ossnet_deploy.inputs.resolve_volume` and ``prepare_volume``.
         """
-        _check_fit(fit)
+        check_fit(fit)
         volume = self.read(image)
         prepared = prepare_volume(volume.data, volume.affine, self.preprocess, fit=fit, source=volume.source,
                                   finite_checked=True)
@@ -427,7 +427,7 @@ class Segmenter:
 
         ``on_read(volume)`` (optional) sees the input right after it is read and checked.
         """
-        _check_fit(fit)
+        check_fit(fit)
         started = time.perf_counter()
         volume = self.read(image)
         reference, source = volume.reference, volume.source
@@ -487,9 +487,3 @@ def _check_settings(mode: str, max_queries: int | None, interpolation_margin: fl
                                   found=repr(max_queries), fix=f"e.g. max_queries={DEFAULT_MAX_QUERIES}"))
     if interpolation_margin is not None:
         SchedulerConfig(interpolation_margin=interpolation_margin)  # raises InputError naming the setting
-
-
-def _check_fit(fit: str) -> None:
-    if fit not in ("error", "downsample"):
-        raise InputError(describe(None, f"unknown fit {fit!r}", expected="'error' or 'downsample'",
-                                  found=repr(fit), fix="use fit='downsample' to shrink inputs larger than the grid"))

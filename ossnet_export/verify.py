@@ -35,17 +35,11 @@ import torch
 from torch import nn
 
 from ossnet_deploy.errors import ModelFormatError, describe
+from ossnet_deploy.geometry import labels_to_grid
 from ossnet_deploy.metadata import COARSE_LOGITS, COORDS, LATENT, LOGITS, PATCHES, VOLUME
-from ossnet_deploy.preprocess import (
-    PreparedVolume,
-    PreprocessConfig,
-    encoder_input,
-    extract_patches,
-    labels_to_grid,
-    normalise_coords,
-    prepare_volume,
-)
-from ossnet_deploy.scheduler import SchedulerConfig, run_scheduler
+from ossnet_deploy.pipeline import DecoderFeed, DecoderRun, Encoding, segment_region
+from ossnet_deploy.preprocess import PreparedVolume, PreprocessConfig, encoder_input, prepare_volume
+from ossnet_deploy.scheduler import SchedulerConfig
 from ossnet_train.config import ModelConfig
 
 __all__ = [
@@ -377,18 +371,32 @@ def query_points(label_grid: np.ndarray, count: int, *, seed: int = 0) -> np.nda
 def decoder_feed(
     prepared: PreparedVolume, idx: np.ndarray, config: ModelConfig, preprocess: PreprocessConfig, latent: np.ndarray
 ) -> dict[str, np.ndarray]:
-    """The decoder's inputs for query voxels ``idx`` (N, 3) int64, by input name.
+    """The decoder graph's inputs for query voxels ``idx`` (N, 3) int64, by input name.
 
-    ``coords`` (N, 3) and, except O-Net, ``patches`` (N, C_p, 7, 7, 7) float32 from
-    ``ossnet_deploy``; ``latent`` (1, K, L) float32 as given.
+    ``coords`` (N, 3) and, except O-Net, ``patches`` (N, C_p, 7, 7, 7) float32 from the
+    runtime's own :class:`ossnet_deploy.pipeline.DecoderFeed`; ``latent`` (1, K, L) float32 as given.
     """
-    feed = {COORDS: normalise_coords(idx, preprocess.shape)}
-    if config.uses_patches:
-        feed[PATCHES] = extract_patches(
-            prepared.padded, prepared.pad_values, idx, large=preprocess.large_patches, patch_size=preprocess.patch_size
-        )
+    feed = DecoderFeed(prepared, preprocess, patches=config.uses_patches)(idx)
     feed[LATENT] = np.ascontiguousarray(latent, dtype=np.float32)
     return feed
+
+
+class _FeedRunner:
+    """A decoder that takes whole feeds (latent included) as the pipeline's pair runner.
+
+    Verification decodes PyTorch and ONNX with one latent, so the encoder never runs here.
+    """
+
+    def __init__(self, logits_fn: Callable[[dict[str, np.ndarray]], np.ndarray], uses_patches: bool) -> None:
+        self._logits_fn = logits_fn
+        self.uses_patches = uses_patches
+
+    def encode(self, volume: np.ndarray) -> Encoding:
+        raise NotImplementedError("verification passes the encoding it compares against")
+
+    def decoder(self, latent: np.ndarray) -> DecoderRun:
+        bound = np.ascontiguousarray(latent, dtype=np.float32)
+        return lambda feed: self._logits_fn({**feed, LATENT: bound})
 
 
 @dataclass(frozen=True)
@@ -546,13 +554,11 @@ def dense_labels(
     """Dense segmentation (uint8, region-shaped) of ``region`` by any decoder.
 
     ``logits_fn(feed) -> (N, 1)`` is :func:`torch_decode` or :func:`onnx_decode` bound to a
-    model or session; ``ossnet_deploy.scheduler`` in ``dense`` mode queries every voxel.
+    model or session; the runtime's pipeline in ``dense`` mode queries every voxel.
     """
-
-    def decode(idx: np.ndarray) -> np.ndarray:
-        return logits_fn(decoder_feed(case.prepared, idx, config, preprocess, latent))
-
-    result = run_scheduler(decode, preprocess.shape, region, SchedulerConfig(mode="dense", max_queries=max_queries))
+    runner = _FeedRunner(logits_fn, config.uses_patches)
+    result = segment_region(case.prepared, preprocess, runner, SchedulerConfig(mode="dense", max_queries=max_queries),
+                            region=region, encoding=Encoding(np.ascontiguousarray(latent, dtype=np.float32)))
     return result.labels
 
 

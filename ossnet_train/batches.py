@@ -24,18 +24,9 @@ import torch
 from torch.utils.data import Dataset
 
 from ossnet_deploy.errors import InputError, describe
-from ossnet_deploy.preprocess import (
-    PreparedVolume,
-    PreprocessConfig,
-    extract_patches,
-    global_pool,
-    labels_to_grid,
-    normalise_coords,
-    prepare_volume,
-    resample_linear,
-    resample_nearest,
-    to_canonical,
-)
+from ossnet_deploy.geometry import labels_to_grid, resample_linear, resample_nearest, to_canonical
+from ossnet_deploy.patches import extract_patches, normalise_coords
+from ossnet_deploy.preprocess import PreparedVolume, PreprocessConfig, global_pool, prepare_volume
 from ossnet_train.augment import AugmentConfig, augment_volume
 from ossnet_train.datasets import NiftiDataset
 from ossnet_train.losses import coarse_target
@@ -326,7 +317,8 @@ class TrainingSamples(Dataset):
 
 @dataclass(frozen=True)
 class ValidationCase:
-    """A validation subject: its prepared volume (no shift, no augmentation) and its label on the input grid.
+    """A validation subject: its prepared volume (no shift, no augmentation), its label on the input grid
+    and the preprocessing that prepared it.
 
     ``label``: (X, Y, Z) uint8 binary target on the stored grid of the subject (what whole-volume
     Dice is computed against, docs/design.md#measuring).
@@ -335,13 +327,14 @@ class ValidationCase:
     case_id: str
     prepared: PreparedVolume
     label: np.ndarray
+    preprocess: PreprocessConfig
 
     @classmethod
     def load(cls, dataset: NiftiDataset, index: int, preprocess: PreprocessConfig, *, fit: str = "error") -> ValidationCase:
         case = dataset[index]
         source = str(dataset.cases[index].channels[0])
         prepared = prepare_volume(case.data, case.affine, preprocess, fit=fit, source=source)
-        return cls(case.case_id, prepared, case.label)
+        return cls(case.case_id, prepared, case.label, preprocess)
 
 
 def bytes_per_case(preprocess: PreprocessConfig) -> int:

@@ -1,10 +1,10 @@
 """Whole-volume validation: segment every validation subject as the runtime would, score on its own grid.
 
-OSS-Net models go through :func:`ossnet_deploy.scheduler.run_scheduler` (``reference`` mode by
-default) with a PyTorch ``decode`` callable (eval mode, no grad, chunks of ``max_queries``); the
-U-Net baselines through the sliding-window (3D) or slice-wise (2D) inference of
-:mod:`ossnet_train.sliding_window`. The grid segmentation is mapped back onto the subject's input
-grid with ``labels_to_input`` and compared with the subject's label there: Dice and IoU over every
+OSS-Net models go through the runtime's own pipeline (``ossnet_deploy.pipeline``, ``reference``
+mode by default) with the PyTorch model as its pair runner (eval mode, no grad, chunks of
+``max_queries``); the U-Net baselines through the sliding-window (3D) or slice-wise (2D)
+inference of :mod:`ossnet_train.sliding_window`. The region's segmentation is mapped back onto
+the subject's input grid with ``region_labels_to_input`` and compared with the subject's label there: Dice and IoU over every
 voxel of the input grid (docs/design.md#measuring), never over sampled points.
 """
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -24,21 +24,18 @@ from torch import nn
 
 from ossnet_deploy.atomic import atomic_write
 from ossnet_deploy.errors import InputError, OutputExistsError, describe
+from ossnet_deploy.geometry import region_labels_to_input
 from ossnet_deploy.metrics import dice, iou
-from ossnet_deploy.preprocess import (
-    PreparedVolume,
-    PreprocessConfig,
-    extract_patches,
-    labels_to_input,
-    normalise_coords,
-)
-from ossnet_deploy.scheduler import SchedulerConfig, run_scheduler
+from ossnet_deploy.pipeline import segment_region
+from ossnet_deploy.preprocess import PreparedVolume, PreprocessConfig
+from ossnet_deploy.scheduler import SchedulerConfig
 from ossnet_train.batches import ValidationCase
 from ossnet_train.checkpoint import load_model
 from ossnet_train.datasets import make_dataset
 from ossnet_train.devices import autocast, evaluation_mode, resolve_device
 from ossnet_train.model import OSSNet
 from ossnet_train.sliding_window import slicewise_logits, sliding_window_logits
+from ossnet_train.torch_pair import TorchPair
 from ossnet_train.unet import ResidualUNet
 
 __all__ = [
@@ -46,7 +43,6 @@ __all__ = [
     "ValidationResult",
     "evaluate_checkpoint",
     "segment_grid",
-    "torch_decoder",
     "validate",
 ]
 
@@ -76,68 +72,36 @@ class ValidationResult:
                 "subjects": [asdict(s) for s in self.subjects]}
 
 
-def torch_decoder(
-    model: OSSNet,
-    prepared: PreparedVolume,
-    latent: torch.Tensor,
-    *,
-    device: torch.device,
-    amp_dtype: torch.dtype | None = None,
-) -> Callable[[np.ndarray], np.ndarray]:
-    """The scheduler's ``decode(idx (N, 3) int64) -> (N,) float32 logits`` for one prepared volume.
-
-    Cuts patches and normalises coordinates with the runtime's own functions (ossnet_deploy), so
-    validation sees exactly what deployment will. Call inside :func:`evaluation_mode`.
-    """
-    cfg = model.config
-    grid = prepared.padded.shape[1:]
-    large = cfg.patch_mode == "small_large"
-
-    def decode(idx: np.ndarray) -> np.ndarray:
-        coords = torch.from_numpy(normalise_coords(idx, grid)).to(device)
-        patches = None
-        if cfg.uses_patches:
-            cut = extract_patches(prepared.padded, prepared.pad_values, idx, large=large)
-            patches = torch.from_numpy(cut).to(device)
-        with autocast(device, amp_dtype):
-            logits = model.decode(coords, patches, latent)
-        return logits.float().reshape(-1).cpu().numpy()
-
-    return decode
-
-
 def segment_grid(
     model: nn.Module,
     prepared: PreparedVolume,
+    preprocess: PreprocessConfig,
     *,
     device: torch.device,
     mode: str = "reference",
     max_queries: int = 16384,
     amp_dtype: torch.dtype | None = None,
     roi: Sequence[int] = (128, 128, 128),
+    threshold_logit: float = 0.0,
 ) -> tuple[np.ndarray, int]:
-    """Binary segmentation of one prepared volume on its padded grid.
+    """Binary segmentation of the input's region of one prepared volume.
 
-    Returns ``(labels, queries)``: ``labels`` uint8 of the grid shape (0 outside the input's
-    region), ``queries`` the decoder queries made (OSS-Net) or voxels predicted (U-Nets).
+    ``threshold_logit``: a voxel is foreground where its logit is above it (0.0: probability
+    0.5, what training optimises and export records).
+
+    OSS-Net models go through the runtime's own pipeline (``ossnet_deploy.pipeline``) with a
+    :class:`~ossnet_train.torch_pair.TorchPair`, so validation sees exactly what deployment will.
+
+    Returns ``(labels, queries)``: ``labels`` uint8 of the shape of ``prepared.region``,
+    ``queries`` the decoder queries made (OSS-Net) or voxels predicted (U-Nets).
     """
-    grid = prepared.padded.shape[1:]
     region = prepared.region
-    labels = np.zeros(grid, dtype=np.uint8)
     with evaluation_mode(model):
         if isinstance(model, OSSNet):
-            volume = torch.from_numpy(prepared.global_volume[None]).to(device)
-            with autocast(device, amp_dtype):
-                encoded = model.encode(volume)
-            latent = encoded.latent.float()
-            coarse = None
-            if encoded.coarse_logits is not None:
-                coarse = encoded.coarse_logits.float()[0, 0].cpu().numpy()
-            decode = torch_decoder(model, prepared, latent, device=device, amp_dtype=amp_dtype)
-            result = run_scheduler(decode, grid, region, SchedulerConfig(mode=mode, max_queries=max_queries),
-                                   coarse_logits=coarse)
-            labels[region] = result.labels
-            return labels, result.stats.total_queries
+            runner = TorchPair(model, device=device, amp_dtype=amp_dtype)
+            schedule = SchedulerConfig(mode=mode, max_queries=max_queries, threshold_logit=threshold_logit)
+            result = segment_region(prepared, preprocess, runner, schedule)
+            return result.labels, result.stats.total_queries
         if isinstance(model, ResidualUNet):
             # Only the input's region is predicted; sides shorter than a window are padded with
             # each channel's background value by the sliding-window code.
@@ -148,8 +112,7 @@ def segment_grid(
                     logits = sliding_window_logits(model, volume, roi=tuple(roi), overlap=0.25, pad_value=pads)
                 else:
                     logits = slicewise_logits(model, volume, model.config.slice_axis, pad_value=pads)
-            labels[region] = (logits[0] > 0).cpu().numpy().astype(np.uint8)
-            return labels, int(np.prod(volume.shape[1:]))
+            return (logits[0] > threshold_logit).cpu().numpy().astype(np.uint8), int(np.prod(volume.shape[1:]))
     raise TypeError(f"cannot validate a {type(model).__name__}; expected OSSNet or ResidualUNet")
 
 
@@ -181,9 +144,9 @@ def validate(
 def _score(model: nn.Module, case: ValidationCase, *, device: torch.device, mode: str, max_queries: int,
            amp_dtype: torch.dtype | None, roi: Sequence[int]) -> SubjectScore:
     t0 = time.perf_counter()
-    grid_labels, queries = segment_grid(model, case.prepared, device=device, mode=mode, max_queries=max_queries,
-                                        amp_dtype=amp_dtype, roi=roi)
-    predicted = labels_to_input(grid_labels, case.prepared.placement)
+    region_labels, queries = segment_grid(model, case.prepared, case.preprocess, device=device, mode=mode,
+                                          max_queries=max_queries, amp_dtype=amp_dtype, roi=roi)
+    predicted = region_labels_to_input(region_labels, case.prepared.placement)
     return SubjectScore(case.case_id, dice(predicted, case.label), iou(predicted, case.label), queries,
                         time.perf_counter() - t0)
 

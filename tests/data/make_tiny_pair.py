@@ -42,8 +42,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ossnet_deploy.geometry import labels_to_input
 from ossnet_deploy.metadata import COARSE_LOGITS, COORDS, LATENT, PATCHES
-from ossnet_deploy.preprocess import encoder_input, labels_to_input, preprocess_preset
+from ossnet_deploy.preprocess import encoder_input, preprocess_preset
 from ossnet_export.export_onnx import ExportOptions, export_checkpoint
 from ossnet_export.testing import perturb_
 from ossnet_export.verify import (

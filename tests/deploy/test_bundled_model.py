@@ -18,8 +18,8 @@ from click.testing import CliRunner
 from ossnet_deploy import Segmenter
 from ossnet_deploy.cli import main
 from ossnet_deploy.metrics import dice
-from ossnet_deploy.onnx_metadata import read_graph_metadata
 from ossnet_deploy.model import DEFAULT_MODEL_DIR, find_model_files
+from ossnet_deploy.onnx_metadata import read_graph_metadata
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 SAMPLE = EXAMPLES / "demo_3004_t1.nii.gz"

@@ -10,16 +10,15 @@ import numpy as np
 import pytest
 
 from ossnet_deploy.errors import InputError
+from ossnet_deploy.geometry import labels_to_grid, labels_to_input
+from ossnet_deploy.patches import extract_patches
 from ossnet_deploy.preprocess import (
     COORDINATE_CONVENTION,
     PREPROCESS_PRESETS,
     PreprocessConfig,
     encoder_input,
-    extract_patches,
     global_pool,
     intensity_stats,
-    labels_to_grid,
-    labels_to_input,
     normalise,
     padding_values,
     prepare_volume,

@@ -28,9 +28,9 @@ from ossnet_deploy import SegmentationStats, Segmenter
 from ossnet_deploy.errors import InputError, ModelFormatError
 from ossnet_deploy.metadata import KEY_FORMAT_VERSION
 from ossnet_deploy.metrics import dice
+from ossnet_deploy.model import find_model_files
 from ossnet_deploy.onnx_metadata import read_onnx_metadata
 from ossnet_deploy.scheduler import SchedulerConfig
-from ossnet_deploy.model import find_model_files
 from ossnet_deploy.segmenter import DEFAULT_MAX_QUERIES
 
 GRID = (32, 32, 24)

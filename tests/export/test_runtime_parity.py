@@ -2,7 +2,7 @@
 
 For exported tiny models (tests/export/conftest.py: perturbed, calibrated weights, so the
 segmentation is not trivial), ``Segmenter`` (ONNX Runtime, CPU) must agree with the PyTorch
-model run through the very same ``run_scheduler`` (Dice >= 0.999), and ``adaptive`` must agree
+model run through the very same pipeline (``ossnet_deploy.pipeline``) (Dice >= 0.999), and ``adaptive`` must agree
 with ``dense`` (Dice >= 0.999). The phantom is stored LAS-like and written to a NIfTI file, so
 reading, reorientation and the header copy are part of the comparison.
 """
@@ -19,47 +19,35 @@ import numpy as np
 import pytest
 import torch
 
+from ossnet_deploy.geometry import labels_to_grid
 from ossnet_deploy.metrics import dice
-from ossnet_deploy.preprocess import (
-    PreparedVolume,
-    PreprocessConfig,
-    encoder_input,
-    labels_to_grid,
-    labels_to_input,
-    prepare_volume,
-)
-from ossnet_deploy.scheduler import SchedulerConfig, run_scheduler
+from ossnet_deploy.pipeline import bind_decoder, segment_prepared
+from ossnet_deploy.preprocess import PreparedVolume, PreprocessConfig, encoder_input, prepare_volume
+from ossnet_deploy.scheduler import SchedulerConfig
 from ossnet_deploy.segmenter import Segmenter
-from ossnet_export.verify import decoder_feed, make_phantom, torch_decode
+from ossnet_export.verify import make_phantom
+from ossnet_train.torch_pair import TorchPair
 
 DICE_MIN = 0.999
 
 
 def _torch_run(model: torch.nn.Module, image: np.ndarray, affine: np.ndarray, preprocess: PreprocessConfig,
-               ) -> tuple[PreparedVolume, Callable[[np.ndarray], np.ndarray], np.ndarray | None]:
-    """Prepare like the runtime and encode with PyTorch: (prepared, decode callable, coarse logits)."""
+               ) -> tuple[PreparedVolume, Callable[[np.ndarray], np.ndarray]]:
+    """Prepare like the runtime and encode with PyTorch: (prepared, decode callable)."""
     prepared = prepare_volume(image, affine, preprocess)
-    with torch.no_grad():
-        encoded = model.encode(torch.from_numpy(np.ascontiguousarray(encoder_input(prepared))))
-    latent = encoded.latent.numpy()
-    coarse = None if encoded.coarse_logits is None else encoded.coarse_logits.numpy()
-
-    def decode(idx: np.ndarray) -> np.ndarray:
-        feed = decoder_feed(prepared, idx, model.config, preprocess, latent)
-        return torch_decode(model, feed).reshape(-1)
-
-    return prepared, decode, coarse
+    runner = TorchPair(model)
+    latent = runner.encode(encoder_input(prepared)).latent
+    return prepared, bind_decoder(prepared, preprocess, runner, latent)
 
 
 def _torch_segmentation(model: torch.nn.Module, image: np.ndarray, affine: np.ndarray, preprocess: PreprocessConfig,
                         mode: str, threshold: float) -> tuple[np.ndarray, int]:
-    """PyTorch through the runtime's scheduler: (labels on the stored grid, decoder queries)."""
-    prepared, decode, coarse = _torch_run(model, image, affine, preprocess)
+    """PyTorch through the runtime's own pipeline: (labels on the stored grid, decoder queries)."""
+    prepared = prepare_volume(image, affine, preprocess)
     config = SchedulerConfig(mode=mode, threshold_logit=threshold, max_queries=4096)
-    result = run_scheduler(decode, preprocess.shape, prepared.region, config, coarse_logits=coarse)
-    grid = np.zeros(preprocess.shape, dtype=np.uint8)
-    grid[prepared.region] = result.labels
-    return labels_to_input(grid, prepared.placement), result.stats.total_queries
+    model.eval()
+    result = segment_prepared(prepared, preprocess, TorchPair(model), config)
+    return result.labels, result.stats.total_queries
 
 
 def _balanced_threshold(model: torch.nn.Module, image: np.ndarray, affine: np.ndarray,
@@ -70,7 +58,7 @@ def _balanced_threshold(model: torch.nn.Module, image: np.ndarray, affine: np.nd
     voxel foreground, and a parity test on a full volume proves nothing. Midway between the
     median logit inside the object and outside it gives a structured segmentation instead.
     """
-    prepared, decode, _ = _torch_run(model, image, affine, preprocess)
+    prepared, decode = _torch_run(model, image, affine, preprocess)
     grid_label = labels_to_grid(label, prepared.placement)
     inside = np.argwhere(grid_label[prepared.region] > 0)
     outside = np.argwhere(grid_label[prepared.region] == 0)
