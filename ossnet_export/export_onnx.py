@@ -52,6 +52,7 @@ from ossnet_deploy.metadata import (
     IOSpec,
     SchedulerFacts,
 )
+from ossnet_deploy.model import DECODER_FILE, DECODER_FP16_FILE, ENCODER_FILE
 from ossnet_deploy.onnx_metadata import sha256_file
 from ossnet_deploy.preprocess import PreprocessConfig
 from ossnet_export.graphs import GraphSpec, example_inputs, graph_specs
@@ -90,9 +91,6 @@ __all__ = [
     "verify_export",
 ]
 
-ENCODER_FILE = "encoder.onnx"
-DECODER_FILE = "decoder.onnx"
-DECODER_FP16_FILE = "decoder.fp16.onnx"
 DEFAULT_OPSET = 20
 #: The demo preset's size budget for an exported C pair: 16 MB (docs/design.md#presets).
 DEMO_PAIR_BUDGET_BYTES = 16_000_000

@@ -41,6 +41,7 @@ from ossnet_deploy.backends.trt_engine import (
 )
 from ossnet_deploy.errors import DependencyError, InputError, ModelFormatError, OutputExistsError, describe
 from ossnet_deploy.metadata import NUM_QUERIES, GraphMetadata, IOSpec
+from ossnet_deploy.model import DECODER_FILE, DECODER_FP16_FILE, ENCODER_FILE
 from ossnet_deploy.onnx_metadata import read_graph_metadata, sha256_file
 from ossnet_export.verify import compare
 
@@ -564,7 +565,7 @@ def build_folder_engines(
 
     require_environment(env)
     folder = Path(directory)
-    encoder = folder / "encoder.onnx"
+    encoder = folder / ENCODER_FILE
     meta = read_graph_metadata(encoder)
     preprocess = PreprocessConfig.from_dict(meta.preprocess)
     config = ModelConfig.from_dict(meta.model_config, source=os.fspath(encoder))
@@ -574,9 +575,9 @@ def build_folder_engines(
     decoder_inputs = decoder_feed(case.prepared, case.queries[0], config, preprocess, latent)
     builds = []
     for name, inputs, precision in (
-        ("encoder.onnx", {VOLUME: volume}, "fp32"),
-        ("decoder.onnx", decoder_inputs, "fp32"),
-        ("decoder.fp16.onnx", decoder_inputs, "fp16"),
+        (ENCODER_FILE, {VOLUME: volume}, "fp32"),
+        (DECODER_FILE, decoder_inputs, "fp32"),
+        (DECODER_FP16_FILE, decoder_inputs, "fp16"),
     ):
         if (folder / name).is_file():
             builds.append(
