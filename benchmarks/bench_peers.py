@@ -169,16 +169,21 @@ def _read_normalised(spec: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, floa
 
     Returns ``(volume, pad values (C,), read seconds)``.
     """
-    from ossnet_deploy.geometry import foreground_mask
     from ossnet_deploy.inputs import resolve_volume
-    from ossnet_deploy.preprocess import apply_intensity, intensity_stats, padding_values, preprocess_preset
+    from ossnet_deploy.preprocess import (
+        apply_intensity,
+        foreground_of,
+        intensity_stats,
+        padding_values,
+        preprocess_preset,
+    )
 
     config = preprocess_preset(spec["preset"])
     t0 = time.perf_counter()
     volume = resolve_volume(spec["input"], config.channels, min_side=config.patch_size)
     read = time.perf_counter() - t0
     data = np.ascontiguousarray(volume.data, dtype=np.float32)
-    mask = foreground_mask(data, config.foreground_threshold) if config.intensity == "zscore_foreground" else None
+    mask = foreground_of(data, config) if config.intensity == "zscore_foreground" else None
     stats = intensity_stats(data, mask, config)
     del mask
     apply_intensity(data, stats)

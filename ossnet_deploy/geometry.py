@@ -30,7 +30,10 @@ from nibabel.orientations import apply_orientation, io_orientation, ornt_transfo
 from ossnet_deploy.errors import InputError, describe
 
 __all__ = [
+    "TISSUE_BLOCK",
     "Placement",
+    "affine_text",
+    "block_means",
     "canonical_orientation",
     "canonical_voxel_sizes",
     "centred_offset",
@@ -39,9 +42,12 @@ __all__ = [
     "from_canonical",
     "labels_to_grid",
     "labels_to_input",
+    "otsu_threshold",
+    "region_labels_to_input",
     "resample_linear",
     "resample_nearest",
     "spacing_resampled_shape",
+    "tissue_mask",
     "to_canonical",
     "validate_affine",
 ]
@@ -51,6 +57,9 @@ Shape3 = tuple[int, int, int]
 # Elements per slab of the per-axis resampling passes: bounds the temporaries to ~16 MiB
 # float32 each, whatever the volume size (512^3 outputs included).
 _SLAB_ELEMENTS = 1 << 22
+
+#: Block side (voxels) of the block means :func:`tissue_mask` thresholds (4 mm at 1 mm spacing).
+TISSUE_BLOCK = 4
 
 _IDENTITY_ORNT = np.array([[0, 1], [1, 1], [2, 1]], dtype=np.float64)
 
@@ -289,6 +298,84 @@ def foreground_mask(vol: np.ndarray, threshold: float) -> np.ndarray:
     for c in range(1, vol.shape[0]):
         np.logical_or(mask, np.greater(vol[c], threshold), out=mask)
     return mask
+
+
+def block_means(vol: np.ndarray, block: int) -> np.ndarray:
+    """Means of ``block``^3 blocks of a 3D array (the last block per axis may be smaller), float64."""
+    out = np.asarray(vol, dtype=np.float64)
+    counts = []
+    for axis in range(3):
+        starts = np.arange(0, out.shape[axis], block)
+        out = np.add.reduceat(out, starts, axis=axis)
+        counts.append(np.diff(np.append(starts, vol.shape[axis])))
+    return out / (counts[0][:, None, None] * counts[1][None, :, None] * counts[2][None, None, :])
+
+
+def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
+    """Two-class Otsu threshold of 1D ``values`` (a histogram of ``bins`` bins; the upper edge of
+    the lower class). Returns the minimum when all values are equal."""
+    lo, hi = float(values.min()), float(values.max())
+    if not hi > lo:
+        return lo
+    hist, edges = np.histogram(values, bins=bins, range=(lo, hi))
+    centres = (edges[:-1] + edges[1:]) / 2
+    weight = np.cumsum(hist).astype(np.float64)
+    total = weight[-1]
+    mass = np.cumsum(hist * centres)
+    w0, w1 = weight[:-1], total - weight[:-1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        m0 = mass[:-1] / w0
+        m1 = (mass[-1] - mass[:-1]) / w1
+        between = w0 * w1 * (m0 - m1) ** 2
+    between[~np.isfinite(between)] = -1.0
+    return float(edges[1 + int(np.argmax(between))])
+
+
+def tissue_mask(vol: np.ndarray, fraction: float, *, block: int = TISSUE_BLOCK) -> np.ndarray:
+    """``(X, Y, Z)`` bool: the imaged object ("tissue") of ``vol`` ``(C, X, Y, Z)``, from the
+    image's own histogram, independent of how much background or field of view the volume has.
+
+    Per channel: the volume's ``block``^3 block means (noise averages out, so a noisy background
+    stays far below tissue); a two-class Otsu threshold on them separates background from tissue
+    when there is background, or dark from bright tissue when the field of view holds little;
+    the tissue level ``ref`` is the 90th percentile of the blocks above it, bright tissue either
+    way; tissue is then every voxel above ``fraction * ref`` that lies in or next to a block whose
+    mean is above it too (noise far from the object is not) and has a face neighbour above it (a
+    lone noise voxel is not). A voxel is foreground when it is tissue
+    in any channel (docs/design.md#intensities). Meant for MR magnitude images, whose background
+    sits near zero; a channel that is constant or non-positive contributes nothing.
+    """
+    shape = vol.shape[1:]
+    mask = np.zeros(shape, dtype=bool)
+    for c in range(vol.shape[0]):
+        means = block_means(vol[c], block)
+        split = otsu_threshold(means.reshape(-1))
+        above = means[means > split]
+        if above.size == 0:
+            continue
+        ref = float(np.percentile(above, 90))
+        if not ref > 0.0:
+            continue
+        threshold = fraction * ref
+        # One block of margin, so that the object's rim is tissue wherever the block grid falls.
+        blocks = _grow(means > threshold)
+        grown = np.repeat(np.repeat(np.repeat(blocks, block, 0), block, 1), block, 2)[: shape[0], : shape[1], : shape[2]]
+        voxels = grown & (vol[c] > threshold)
+        # A lone voxel above the threshold is noise (a Rayleigh tail), not tissue.
+        np.logical_or(mask, voxels & _grow(voxels, keep_centre=False), out=mask)
+    return mask
+
+
+def _grow(mask: np.ndarray, *, keep_centre: bool = True) -> np.ndarray:
+    """``mask`` dilated by its 6 face neighbours (``keep_centre=False``: the neighbours alone)."""
+    out = mask.copy() if keep_centre else np.zeros_like(mask)
+    for axis in range(3):
+        lead = [slice(None)] * 3
+        trail = [slice(None)] * 3
+        lead[axis], trail[axis] = slice(1, None), slice(None, -1)
+        out[tuple(lead)] |= mask[tuple(trail)]
+        out[tuple(trail)] |= mask[tuple(lead)]
+    return out
 
 
 def foreground_bbox(mask: np.ndarray) -> tuple[Shape3, Shape3] | None:

@@ -35,6 +35,7 @@ from ossnet_deploy.geometry import (
     foreground_mask,
     resample_linear,
     spacing_resampled_shape,
+    tissue_mask,
     to_canonical,
 )
 from ossnet_deploy.presets import PRESETS
@@ -43,6 +44,7 @@ __all__ = [
     "BIAS_CORRECTIONS",
     "COORDINATE_CONVENTION",
     "FIT_MODES",
+    "FOREGROUNDS",
     "GEOMETRIES",
     "INTENSITIES",
     "PREPROCESS_PRESETS",
@@ -52,6 +54,7 @@ __all__ = [
     "apply_intensity",
     "check_fit",
     "encoder_input",
+    "foreground_of",
     "global_pool",
     "intensity_stats",
     "normalise",
@@ -84,6 +87,11 @@ BIAS_CORRECTIONS = ("none", "log_field")
 #: off, so runtimes older than the setting still read models that do not use it.
 _BIAS_FIELDS = ("bias_correction", "bias_grid_mm", "bias_sigma_mm", "bias_iterations")
 FIT_MODES = ("error", "downsample")
+#: ``threshold`` (raw value above ``foreground_threshold``) or ``tissue`` (from the histogram).
+FOREGROUNDS = ("threshold", "tissue")
+#: The tissue foreground's settings, left out of :meth:`PreprocessConfig.to_dict` while
+#: ``foreground`` is ``"threshold"``.
+_TISSUE_FIELDS = ("foreground", "foreground_fraction")
 #: Decoder coordinates ``(2 * idx + 1) / shape - 1`` per axis (see :func:`normalise_coords`).
 COORDINATE_CONVENTION = "voxel_centre_minus1_plus1"
 
@@ -147,7 +155,14 @@ class PreprocessConfig:
         intensity: ``"zscore_foreground"``, ``"zscore_volume"`` or ``"ct_window"``.
         spacing_mm: grid voxel size in mm (``fixed_spacing_pad`` only).
         spacing_tolerance: relative spacing mismatch tolerated without resampling (0.05 = 5 %).
-        foreground_threshold: foreground = any channel's raw value above this.
+        foreground: how the foreground (placement box and ``zscore_foreground`` statistics) is
+            found: ``"threshold"``: any channel's raw value above ``foreground_threshold``;
+            ``"tissue"``: the object from the image's own histogram
+            (:func:`ossnet_deploy.geometry.tissue_mask`), the same whatever the background (zero or
+            noise) and however much of it the field of view holds.
+        foreground_threshold: the raw threshold of ``foreground="threshold"``.
+        foreground_fraction: ``foreground="tissue"``: tissue is above this fraction of the bright
+            tissue level.
         max_shift: largest training placement shift in voxels per axis (0 = none).
         ct_window_hu: ``(lower, upper)`` HU window of ``ct_window``.
         background_raw: raw intensity of the background; its normalised value pads the grid.
@@ -171,6 +186,8 @@ class PreprocessConfig:
     spacing_mm: tuple[float, float, float] = (1.0, 1.0, 1.0)
     spacing_tolerance: float = 0.05
     foreground_threshold: float = 0.0
+    foreground: str = "threshold"
+    foreground_fraction: float = 0.2
     max_shift: int = 0
     ct_window_hu: tuple[float, float] = (-250.0, 250.0)
     background_raw: float = 0.0
@@ -216,6 +233,11 @@ class PreprocessConfig:
         if not 0.0 <= self.spacing_tolerance < 1.0:
             raise _bad_setting("spacing_tolerance", "a fraction in [0, 1)", self.spacing_tolerance)
         put("foreground_threshold", _float_value("foreground_threshold", self.foreground_threshold))
+        if self.foreground not in FOREGROUNDS:
+            raise _bad_setting("foreground", f"one of {FOREGROUNDS}", self.foreground)
+        put("foreground_fraction", _float_value("foreground_fraction", self.foreground_fraction))
+        if not 0.0 < self.foreground_fraction < 1.0:
+            raise _bad_setting("foreground_fraction", "a fraction in (0, 1)", self.foreground_fraction)
         put("max_shift", _int_value("max_shift", self.max_shift))
         if self.max_shift < 0:
             raise _bad_setting("max_shift", "an int >= 0", self.max_shift)
@@ -268,11 +290,18 @@ class PreprocessConfig:
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe dict (tuples become lists) that :meth:`from_dict` turns back into an equal config.
 
-        The bias-correction settings are left out while ``bias_correction`` is ``"none"``.
+        Settings added after the first release are left out while they hold their defaults (the
+        bias-correction settings while ``bias_correction`` is ``"none"``, the tissue foreground's
+        while ``foreground`` is ``"threshold"``), so runtimes older than a setting still read models
+        that do not use it; one that does use it is refused there as an unknown key, never
+        misread (docs/design.md#model-files-and-metadata).
         """
         out = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
         if self.bias_correction == "none":
             for key in _BIAS_FIELDS:
+                del out[key]
+        if self.foreground == "threshold":
+            for key in _TISSUE_FIELDS:
                 del out[key]
         return out
 
@@ -555,6 +584,16 @@ def _check_image(data: np.ndarray, config: PreprocessConfig, source: str | None,
     return vol
 
 
+def foreground_of(vol: np.ndarray, config: PreprocessConfig) -> np.ndarray:
+    """``(X, Y, Z)`` bool foreground of ``vol`` ``(C, X, Y, Z)`` under ``config.foreground``.
+
+    The one rule for both the placement box and the ``zscore_foreground`` statistics.
+    """
+    if config.foreground == "tissue":
+        return tissue_mask(vol, config.foreground_fraction)
+    return foreground_mask(vol, config.foreground_threshold)
+
+
 def check_fit(fit: str) -> None:
     """:class:`InputError` unless ``fit`` is one of :data:`FIT_MODES` (``"error"``, ``"downsample"``)."""
     if fit not in FIT_MODES:
@@ -584,7 +623,7 @@ def _place_fixed_spacing(
     grid = np.asarray(config.shape)
     rs = spacing_resampled_shape(canon.shape[1:], spacing, config.spacing_mm, config.spacing_tolerance)
     vol = canon if rs == canon.shape[1:] else resample_linear(canon, rs)
-    mask = foreground_mask(vol, config.foreground_threshold)
+    mask = foreground_of(vol, config)
     box = foreground_bbox(mask)
     if box is None:
         return vol, mask, rs, None
@@ -597,8 +636,9 @@ def _place_fixed_spacing(
             describe(source, "the foreground does not fit in the model grid",
                      expected=f"a foreground bounding box of at most {tuple(config.shape)} voxels "
                               f"at {config.spacing_mm} mm (axes i, j, k of RAS+)",
-                     found=f"{tuple(int(e) for e in extent)} voxels ({' x '.join(mm)} mm) above intensity "
-                           f"{config.foreground_threshold:g}",
+                     found=f"{tuple(int(e) for e in extent)} voxels ({' x '.join(mm)} mm) "
+                           + ("of tissue" if config.foreground == "tissue"
+                              else f"above intensity {config.foreground_threshold:g}"),
                      fix="crop the image to the anatomy, or pass fit='downsample' (CLI: --fit downsample) "
                          "to shrink it isotropically until it fits")
         )
@@ -607,7 +647,7 @@ def _place_fixed_spacing(
         rs = tuple(max(1, math.floor(r * factor)) for r in rs)
         rs = (rs[0], rs[1], rs[2])
         vol = resample_linear(canon, rs)
-        mask = foreground_mask(vol, config.foreground_threshold)
+        mask = foreground_of(vol, config)
         box = foreground_bbox(mask)
         if box is None:
             return vol, mask, rs, None
@@ -646,7 +686,7 @@ def prepare_volume(
 
     Steps: reorient to RAS+ (a view); ``fixed_spacing_pad``: resample to ``spacing_mm`` when any
     axis is off by more than ``spacing_tolerance``, centre the foreground box (raw value >
-    ``foreground_threshold`` in any channel) in the grid; ``fixed_shape_resample``: resample to
+    ``foreground_threshold`` in any channel, or the tissue mask; see ``config.foreground``) in the grid; ``fixed_shape_resample``: resample to
     ``shape``. With ``bias_correction``, each channel of the resampled canonical volume is then
     divided by its estimated bias field. Intensity statistics come from the resampled canonical
     volume before placement.
@@ -673,7 +713,7 @@ def prepare_volume(
 
     if config.geometry == "fixed_shape_resample":
         padded = resample_linear(canon, config.shape)
-        mask = foreground_mask(padded, config.foreground_threshold) if use_mask else None
+        mask = foreground_of(padded, config) if use_mask else None
         stats = intensity_stats(padded, mask, config, source=src)
         del mask
         apply_intensity(padded, stats)

@@ -118,6 +118,9 @@ PRESETS: Mapping[str, Preset] = MappingProxyType(
             preprocessing=MappingProxyType({
                 "geometry": "fixed_spacing_pad",
                 "intensity": "zscore_foreground",
+                # Skull-stripped T1 comes with zero or noisy backgrounds and any field of view; the
+                # tissue rule finds the same brain in all of them (docs/design.md#intensities).
+                "foreground": "tissue",
                 "spacing_mm": (1.0, 1.0, 1.0),
                 "max_shift": 8,
                 "background_raw": 0.0,

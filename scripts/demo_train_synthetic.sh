@@ -34,7 +34,7 @@ PY
     --model-override 'global_shape=[16,16,16]' --model-override 'encoder_channels=[1,8,16]' \
     --model-override decoder_width=32 \
     --preprocess-override 'shape=[32,32,32]' --preprocess-override max_shift=0 \
-    --preprocess-override intensity=zscore_volume --preprocess-override foreground_threshold=-1000 \
+    --preprocess-override intensity=zscore_volume --preprocess-override foreground_threshold=-1000 --preprocess-override 'foreground="threshold"' \
     --steps 130 --points 256 --batch 2 --lr 3e-3 --lr-milestones 0.8,0.9 --sampling border \
     --threads 1 --out "$WORK/run" --overwrite --no-progress
 "$VENV/bin/ossnet-export" "$WORK/run/last.pt" -o "$WORK/model" --overwrite

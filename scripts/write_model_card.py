@@ -27,6 +27,14 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def _foreground_text(pre: dict) -> str:
+    """How the model's preprocessing finds the foreground, in words."""
+    if pre.get("foreground", "threshold") == "tissue":
+        return ("the tissue found from the image's own histogram, the same with a zero or a noisy "
+                "background and any field of view")
+    return f"voxels > {pre['foreground_threshold']}"
+
+
 def _bias_text(pre: dict[str, Any], training: dict[str, Any] | None) -> str:
     """The card's words for the bias-field correction step, or "" when the model has none.
 
@@ -139,7 +147,7 @@ lesion, a skull or a child's brain, and nothing here says how it does on such da
 ## What it does
 - Input: one T1-weighted volume (`t1`), any orientation, about 1 mm voxels (other spacings are
   resampled to {pre['spacing_mm']} mm), skull-stripped like the template, whose foreground
-  (voxels > {pre['foreground_threshold']}) fits in {pre['shape']} voxels at 1 mm.
+  ({_foreground_text(pre)}) fits in {pre['shape']} voxels at 1 mm.
 - Output: uint8 labels on the input's grid, `1` = white matter (`{json.dumps(encoder.labels)}`).
 - Preprocessing (in the graphs' metadata, applied by `ossnet_deploy`): reorientation to the
   canonical axis order, {_bias_text(pre, training)}{pre['intensity']} intensity normalisation, placement into the

@@ -31,7 +31,7 @@ from ossnet_train.train import TrainConfig, _model_config, _preprocess_config, _
 GRID = 32
 TINY_MODEL = (("global_shape", (16, 16, 16)), ("encoder_channels", (1, 8, 16)), ("decoder_width", 32))
 TINY_PREPROCESS = (("shape", (GRID, GRID, GRID)), ("max_shift", 0), ("intensity", "zscore_volume"),
-                   ("foreground_threshold", -1000.0))
+                   ("foreground", "threshold"), ("foreground_threshold", -1000.0))
 
 
 def write_ellipsoids(root: Path, seeds: range, *, noise: float = 0.25) -> None:

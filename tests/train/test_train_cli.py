@@ -23,6 +23,7 @@ TINY_FIT = [
     "--model-override", "decoder_width=32",
     "--preprocess-override", "shape=[32,32,32]", "--preprocess-override", "max_shift=0",
     "--preprocess-override", "intensity=zscore_volume", "--preprocess-override", "foreground_threshold=-1000",
+    "--preprocess-override", 'foreground="threshold"',
     "--points", "128", "--batch", "1", "--device", "cpu", "--threads", "1", "--no-progress",
 ]
 
