@@ -36,6 +36,7 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import math
@@ -253,6 +254,9 @@ def _stats(values: Sequence[float | None]) -> tuple[float | None, float | None, 
     return statistics.fmean(clean), min(clean), max(clean)
 
 
+_PREPROCESS_SHOWN = ("geometry", "intensity", "foreground", "foreground_threshold", "bias_correction", "spacing_mm")
+
+
 def render_markdown(payload: dict[str, Any]) -> str:
     rows = payload["rows"]
     conditions = [c for c in payload["conditions"] if any(r["condition"] == c for r in rows)]
@@ -301,6 +305,10 @@ def render_markdown(payload: dict[str, Any]) -> str:
         f"`{payload['settings']['mode']}` scheduler on `{payload['settings']['device']}`. Held-out demo subjects "
         f"seeds {payload['settings']['seeds_text']} ({n} subjects, generator v{payload['subjects'][0]['generator_version']}). "
         f"Command: `{payload['command']}`; {payload['wall_seconds']:.0f} s in total.",
+        "",
+        "The model's preprocessing (from its metadata): " + ", ".join(
+            f"{key} `{model['preprocess'].get(key)}`" for key in _PREPROCESS_SHOWN if key in model["preprocess"])
+        + f"; runtime code from `{model.get('runtime_code', 'n/a')}`.",
         "",
         "Dice of the model against each condition's label on that condition's grid; Otsu = 3-class Otsu over the "
         "brain mask, brightest class (the floor). *empty*: subjects with no voxel predicted; *warned*: runs during "
@@ -427,7 +435,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         "environment": environment(args.threads, {"device": segmenter.device}),
         "model": {"name": model_dir.name, "path": str(model_dir), "pair_id": meta.pair_id,
                   "variant": meta.variant, "preset": meta.preset,
-                  "preprocess": segmenter.preprocess.to_dict()},
+                  "preprocess": dataclasses.asdict(segmenter.preprocess),
+                  "runtime_code": str(Path(sys.modules["ossnet_deploy"].__file__ or "").parent)},
         "settings": {"seeds": seeds, "seeds_text": args.seeds if not args.quick else f"{seeds[0]}-{seeds[-1]}",
                      "conditions": conditions, "device": args.device, "threads": args.threads, "mode": args.mode,
                      "data": str(data), "quick": args.quick, "seen_subjects": overlap,
