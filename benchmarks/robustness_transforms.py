@@ -105,8 +105,15 @@ class Case:
         return np.asarray(self.image.affine, dtype=np.float64)
 
     def values(self) -> np.ndarray:
-        """Real intensities (stored values with the header's scaling applied), float32."""
-        return np.asarray(self.image.get_fdata(dtype=np.float32))
+        """Real intensities (stored values with the header's scaling applied), float32.
+
+        Also for an image made in memory, whose ``get_fdata`` would return the stored values
+        unscaled (nibabel applies the header's scaling only to images read from a file).
+        """
+        raw, slope, inter = _raw(self.image)
+        if (slope, inter) == (1.0, 0.0):
+            return np.asarray(raw, dtype=np.float32)
+        return (np.asarray(raw, dtype=np.float64) * slope + inter).astype(np.float32)
 
 
 # ----------------------------------------------------------------------------------- storage
@@ -115,11 +122,12 @@ class Case:
 def _raw(image: nib.Nifti1Image) -> tuple[np.ndarray, float, float]:
     """Stored values and the scaling ``(slope, inter)`` (1, 0 when the header has none)."""
     proxy = image.dataobj
-    if isinstance(proxy, np.ndarray):
-        return proxy, 1.0, 0.0
-    raw = np.asanyarray(proxy.get_unscaled())
-    slope = float(proxy.slope) if proxy.slope is not None and math.isfinite(proxy.slope) else 1.0
-    inter = float(proxy.inter) if proxy.inter is not None and math.isfinite(proxy.inter) else 0.0
+    if isinstance(proxy, np.ndarray):  # made in memory: the scaling is the header's
+        raw, (slope, inter) = proxy, image.header.get_slope_inter()
+    else:  # read from a file: nibabel moved the scaling into the proxy
+        raw, slope, inter = np.asanyarray(proxy.get_unscaled()), proxy.slope, proxy.inter
+    slope = float(slope) if slope is not None and math.isfinite(slope) and slope != 0 else 1.0
+    inter = float(inter) if inter is not None and math.isfinite(inter) else 0.0
     return raw, slope, inter
 
 
