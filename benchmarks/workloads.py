@@ -358,8 +358,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=0, help="volumes per step; 0 = ossnet-train's memory plan")
     parser.add_argument("--threads", type=int, default=0, help="torch threads for training (0 = default)")
     parser.add_argument("--sampling", default="border", choices=("uniform", "border"))
-    parser.add_argument("--freeze-bn-after", type=float, default=0.4,
-                        help="train the last part with running BatchNorm statistics (docs/training.md)")
+    parser.add_argument("--freeze-bn-after", type=float, default=1.0,
+                        help="train the last part with running BatchNorm statistics, from at least the first LR "
+                             "drop (docs/training.md); 1 = never, ossnet-train's default")
     parser.add_argument("--fit-arg", action="append", default=[], help="extra ossnet-train fit argument (repeat)")
     parser.add_argument("--no-evaluate", dest="evaluate", action="store_false",
                         help="skip ossnet-train evaluate on the held-out case after training")

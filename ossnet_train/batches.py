@@ -26,11 +26,24 @@ from torch.utils.data import Dataset
 from ossnet_deploy.errors import InputError, describe
 from ossnet_deploy.geometry import labels_to_grid, resample_linear, resample_nearest, to_canonical
 from ossnet_deploy.patches import extract_patches, normalise_coords
-from ossnet_deploy.preprocess import PreparedVolume, PreprocessConfig, global_pool, prepare_volume
+from ossnet_deploy.preprocess import (
+    PreparedVolume,
+    PreprocessConfig,
+    foreground_of,
+    global_pool,
+    prepare_volume,
+)
 from ossnet_train.augment import AugmentConfig, augment_volume
 from ossnet_train.datasets import NiftiDataset
 from ossnet_train.losses import coarse_target
-from ossnet_train.sampling import band_indices, border_band, border_points, uniform_points
+from ossnet_train.sampling import (
+    BAND_WINDOW,
+    band_indices,
+    border_band,
+    border_points,
+    frame_points,
+    uniform_points,
+)
 
 __all__ = [
     "ARCHITECTURES",
@@ -48,14 +61,20 @@ ARCHITECTURES = ("ossnet", "unet3d", "unet2d")
 # Tags that keep the seed sequences of samples and of epoch permutations apart.
 _SAMPLE_TAG = 0x5A3
 _EPOCH_TAG = 0xE90
+#: ``border`` sampling: share of the points not taken from the band that come from the input's
+#: foreground (the preprocessing's own rule); the rest are uniform over the input's region of the
+#: grid (background included, never the padding around it).
+FOREGROUND_SHARE = 0.8
 
 
 @dataclass(frozen=True)
 class SampleConfig:
     """What one training sample holds.
 
-    points: query points per volume (OSS-Net). sampling: ``"uniform"`` or ``"border"``;
-    border_balance: fraction of border-band points; band_window: odd side of the band's dilation.
+    points: query points per volume (OSS-Net). sampling: ``"uniform"`` (every voxel of the grid)
+    or ``"border"`` (``border_balance`` of the points from the band around the label surface,
+    :data:`~ossnet_train.sampling.BAND_WINDOW`; of the rest ``foreground_share`` from the input's
+    foreground and the others from the input's region of the grid, so none in the padding).
     coarse_shape: ``(d, h, w)`` of the coarse logits (variants C, D) or None.
     patches: cut local patches (every variant but O-Net); large_patches: the pooled 14^3 one too (B, D).
     architecture: ``"ossnet"``, ``"unet3d"`` (random ``crop`` of the grid) or ``"unet2d"``
@@ -67,7 +86,7 @@ class SampleConfig:
     points: int = 16384
     sampling: str = "uniform"
     border_balance: float = 0.5
-    band_window: int = 13
+    foreground_share: float = FOREGROUND_SHARE
     coarse_shape: tuple[int, int, int] | None = None
     patches: bool = True
     large_patches: bool = False
@@ -97,7 +116,10 @@ class _Cached:
     the canonical resampled image ``data`` (C, X, Y, Z) float32 with a RAS+ affine at the grid
     spacing and its label ``label`` (X, Y, Z) uint8, from which ``prepare_volume`` places the
     volume without resampling. ``band``: (M, 3) int16 voxels of the border band in the frame of
-    ``label`` (static: the grid), or None when sampling uniformly.
+    ``label`` (static: the grid), or None when sampling uniformly. ``frame``: the input's resampled
+    volume as a bool foreground mask (the preprocessing's rule on the raw data), whose voxel ``v``
+    sits on grid voxel ``v + frame_offset`` + the step's placement offset; None when sampling
+    uniformly.
     """
 
     case_id: str
@@ -106,10 +128,12 @@ class _Cached:
     affine: np.ndarray | None
     label: np.ndarray
     band: np.ndarray | None
+    frame: np.ndarray | None = None
+    frame_offset: tuple[int, int, int] = (0, 0, 0)
 
     @property
     def nbytes(self) -> int:
-        arrays = [self.label, self.band, self.data]
+        arrays = [self.label, self.band, self.data, self.frame]
         if self.static is not None:
             arrays += [self.static.padded, self.static.global_volume]
         return int(sum(a.nbytes for a in arrays if a is not None))
@@ -119,11 +143,13 @@ class CaseCache:
     """Per-case cache of prepared training volumes (filled lazily, kept for the whole run).
 
     ``dataset``: the training cases; ``preprocess``: the model's preprocessing; ``band``: also
-    cache the border band (border sampling); ``band_window``: its dilation window.
-    Memory: about one padded grid of float32 per channel plus one uint8 grid per case.
+    cache the border band and the foreground (border sampling); ``band_window``: the band's
+    dilation window. Memory: about one padded grid of float32 per channel plus one uint8 grid
+    per case (two with ``band``).
     """
 
-    def __init__(self, dataset: NiftiDataset, preprocess: PreprocessConfig, *, band: bool, band_window: int = 13) -> None:
+    def __init__(self, dataset: NiftiDataset, preprocess: PreprocessConfig, *, band: bool,
+                 band_window: int = BAND_WINDOW) -> None:
         self.dataset = dataset
         self.preprocess = preprocess
         self.with_band = band
@@ -153,16 +179,22 @@ class CaseCache:
         preprocess = self.preprocess if self.static else _without_bias_correction(self.preprocess)
         prepared = prepare_volume(case.data, case.affine, preprocess, source=source)
         placement = prepared.placement
+        canon = None
+        if self.with_band or not self.static:
+            # The reoriented, resampled raw data: the foreground's frame, and (shifted) what is placed again.
+            canon = to_canonical(case.data, placement.ornt_array)
+            if placement.resampled_shape != placement.canonical_shape:
+                canon = resample_linear(canon, placement.resampled_shape)
+        frame = foreground_of(canon, self.preprocess) if canon is not None and self.with_band else None
         if self.static:
             label = labels_to_grid(case.label, placement, source=source)
             band = self._band(label)
-            return _Cached(case.case_id, prepared, None, None, label, band)
+            return _Cached(case.case_id, prepared, None, None, label, band, frame, placement.offset)
         # Keep the reoriented, resampled arrays: placing them again with a shift needs no resampling.
-        canon = to_canonical(case.data, placement.ornt_array)
         label = to_canonical(case.label, placement.ornt_array)
         if placement.resampled_shape != placement.canonical_shape:
-            canon = resample_linear(canon, placement.resampled_shape)
             label = resample_nearest(label, placement.resampled_shape)
+        assert canon is not None  # computed whenever the case is not static
         data = np.ascontiguousarray(canon, dtype=np.float32)
         if self.preprocess.bias_correction != "none":
             # Once per case: the field does not depend on the placement shift (_shifted then
@@ -171,7 +203,7 @@ class CaseCache:
         label = np.ascontiguousarray(label, dtype=np.uint8)
         # RAS+ at exactly the grid spacing: prepare_volume will neither reorient nor resample.
         affine = np.diag([*self.preprocess.spacing_mm, 1.0])
-        return _Cached(case.case_id, None, data, affine, label, self._band(label))
+        return _Cached(case.case_id, None, data, affine, label, self._band(label), frame)
 
     def _band(self, label: np.ndarray) -> np.ndarray | None:
         if not self.with_band:
@@ -183,12 +215,16 @@ class CaseCache:
 
 @dataclass(frozen=True)
 class _Volume:
-    """A volume as one step sees it: augmented padded grid, its label, pad values, band flat indices."""
+    """A volume as one step sees it: augmented padded grid, its label, pad values, band flat indices;
+    the foreground frame (``_Cached.frame``), its offset in the grid and the flipped axes."""
 
     padded: np.ndarray
     label: np.ndarray
     pad_values: np.ndarray
     band: np.ndarray | None
+    frame: np.ndarray | None = None
+    frame_offset: tuple[int, int, int] = (0, 0, 0)
+    flipped: tuple[int, ...] = ()
 
 
 def _without_bias_correction(config: PreprocessConfig) -> PreprocessConfig:
@@ -233,7 +269,8 @@ def _training_volume(cached: _Cached, preprocess: PreprocessConfig, config: Samp
     band = None
     if cached.band is not None:
         band = _band_in_grid(cached.band, offset, flipped, preprocess.shape)
-    return _Volume(padded, label, pads, band)
+    frame_offset = tuple(int(a) + int(b) for a, b in zip(offset, cached.frame_offset, strict=True))
+    return _Volume(padded, label, pads, band, cached.frame, frame_offset, tuple(flipped))  # type: ignore[arg-type]
 
 
 class TrainingSamples(Dataset):
@@ -278,7 +315,8 @@ class TrainingSamples(Dataset):
         config, pre = self.config, self.cache.preprocess
         grid = pre.shape
         if config.sampling == "border" and volume.band is not None:
-            idx = border_points(volume.band, grid, config.points, rng, balance=config.border_balance)
+            idx = border_points(volume.band, grid, config.points, rng, balance=config.border_balance,
+                                fill=lambda n, r: _fill_points(volume, grid, n, r, config.foreground_share))
         else:
             idx = uniform_points(grid, config.points, rng)
         sample: dict[str, np.ndarray] = {
@@ -315,6 +353,20 @@ class TrainingSamples(Dataset):
         }
 
 
+def _fill_points(volume: _Volume, grid: Sequence[int], n: int, rng: np.random.Generator,
+                 foreground_share: float) -> np.ndarray:
+    """The non-band points of ``border`` sampling: ``foreground_share`` of them from the input's
+    foreground, the rest uniform over the input's region of the grid (uniform over the grid when
+    the volume has no frame)."""
+    if volume.frame is None:
+        return uniform_points(grid, n, rng)
+    n_fg = round(n * foreground_share)
+    where = {"frame_shape": volume.frame.shape, "offset": volume.frame_offset, "grid_shape": grid,
+             "flipped": volume.flipped}
+    inside = frame_points(n_fg, rng, mask=volume.frame, **where)
+    return np.concatenate([inside, frame_points(n - n_fg, rng, **where)], axis=0)
+
+
 @dataclass(frozen=True)
 class ValidationCase:
     """A validation subject: its prepared volume (no shift, no augmentation), its label on the input grid
@@ -338,6 +390,7 @@ class ValidationCase:
 
 
 def bytes_per_case(preprocess: PreprocessConfig) -> int:
-    """Rough bytes one cached training case holds: its float32 grid per channel plus label and band."""
+    """Rough bytes one cached training case holds: its float32 grid per channel plus label, band and
+    foreground frame."""
     voxels = math.prod(preprocess.shape)
-    return voxels * (4 * len(preprocess.channels) + 1 + 2)
+    return voxels * (4 * len(preprocess.channels) + 1 + 2 + 1)

@@ -150,7 +150,7 @@ def main() -> None:
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Run folder: config.json, metrics.jsonl, last.pt, best.pt.")
 @click.option("--steps", type=click.IntRange(min=1), default=2000, show_default=True,
-              help="Optimiser steps; the LR drops x0.1 at 40 % and 60 % of them.")
+              help="Optimiser steps; the LR schedule ends at the last of them.")
 @click.option("--points", type=click.IntRange(min=1), default=16384, show_default=True,
               help="Query points per volume per step (OSS-Net).")
 @click.option("--batch", type=click.IntRange(min=0), default=0, show_default=True,
@@ -160,18 +160,29 @@ def main() -> None:
 @click.option("--memory-budget-gb", type=click.FloatRange(min=0), default=0.0, show_default=True,
               help="Memory the step may use (GiB): process RSS on CPU, CUDA allocations on GPU. "
                    "0 = 8 on CPU, 90 % of the GPU.")
-@click.option("--lr", type=float, default=3e-4, show_default=True, help="Learning rate of the weights.")
-@click.option("--pau-lr", type=float, default=1e-2, show_default=True, help="Learning rate of the PAU coefficients.")
+@click.option("--lr", type=float, default=None, show_default="3e-4", help="Learning rate of the weights.")
+@click.option("--pau-lr", type=float, default=None, show_default="the weights' --lr",
+              help="Learning rate of the PAU coefficients.")
+@click.option("--lr-schedule", type=click.Choice(["cosine", "step"]), default=None, show_default="cosine",
+              help="cosine: annealed from --lr to 1 % of it at the last step; step: x0.1 at each --lr-milestones "
+                   "fraction (the paper's).")
 @click.option("--lr-milestones", default="0.4,0.6", show_default=True,
-              help="Fractions of --steps at which the LR drops x0.1 (the paper's epochs 20 and 30 of 50).")
+              help="--lr-schedule step: fractions of --steps at which the LR drops x0.1 (the paper's epochs 20 and "
+                   "30 of 50).")
+@click.option("--grad-clip", type=click.FloatRange(min=0), default=None, show_default="3",
+              help="Clip the gradient's global L2 norm to this many times the running mean of the earlier steps' "
+                   "norms; 0 = no clipping. metrics.jsonl logs the norm before clipping (grad_norm) and the limit "
+                   "(grad_limit).")
 @click.option("--freeze-bn-after", type=click.FloatRange(0, 1), default=1.0, show_default=True,
               help="Fraction of --steps after which BatchNorm uses (and keeps) its running statistics, as "
-                   "the exported graphs do; 1 = never.")
+                   "the exported graphs do; 1 = never, 0 = the whole run; otherwise at or after the schedule's first "
+                   "LR drop (cosine: half way), and the optimiser's moments restart there.")
 @click.option("--init-from", type=click.Path(dir_okay=False, exists=True), default=None,
               help="Start from this checkpoint's weights (same model config) instead of a random "
                    "initialisation; the optimiser starts fresh.")
 @click.option("--sampling", type=click.Choice(["uniform", "border"]), default="uniform", show_default=True,
-              help="Query points: uniform over the grid, or half from a +-6 voxel band around the label surface.")
+              help="Query points: uniform over the grid, or half from a +-2 voxel band around the label surface and "
+                   "the rest mostly from the input's foreground (never the padding).")
 @click.option("--border-balance", type=click.FloatRange(0, 1), default=0.5, show_default=True,
               help="Fraction of border-band points with --sampling border.")
 @click.option("--augment/--no-augment", default=True, show_default=True,
@@ -217,7 +228,8 @@ def fit_command(**options: Any) -> None:
         options[key] = str(options[key])
     options["val_data"] = str(options["val_data"]) if options["val_data"] else ""
     options["init_from"] = str(options["init_from"]) if options["init_from"] else ""
-    result = fit(TrainConfig(**options))
+    # Options left unset take TrainConfig's defaults (one place defines them).
+    result = fit(TrainConfig(**{k: v for k, v in options.items() if v is not None}))
     best = f"{result.best_dice:.4f} at step {result.best_step}" if result.best_dice is not None else "n/a"
     peak = f"{result.peak_memory_bytes / 2**30:.2f} GiB" if result.peak_memory_bytes else "unknown"
     click.echo(f"done: {result.steps} steps in {result.run_dir}; {result.steps_per_second:.3f} steps/s, "

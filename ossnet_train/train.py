@@ -2,8 +2,9 @@
 
 Recipe (OSS-Net's, docs/training.md#the-recipe): BCE with logits over 2^14 query points
 per volume (+ 0.1 x BCE of the coarse logits vs the max-pooled label for C, D); RAdam + Lookahead
-(k=5, alpha=0.8), lr 3e-4, PAU coefficients 1e-2, no weight decay; LR x0.1 at 40 % and 60 % of
-the steps; augmentation (flips, brightness, noise) and random placement shifts; whole-volume
+(k=5, alpha=0.8), lr 3e-4 for weights and PAU coefficients alike, no weight decay; the LR annealed
+by a cosine to 1 % at the last step (or the paper's x0.1 drops); the gradient's global norm
+clipped; augmentation (flips, brightness, noise) and random placement shifts; whole-volume
 validation through the scheduler. The U-Nets train on random crops (3D) or slices (2D) with the
 same loss, optimiser, schedule and checkpoints.
 
@@ -54,7 +55,16 @@ from ossnet_train.datasets import NiftiDataset, make_dataset
 from ossnet_train.decoder import ConditionalBatchNorm
 from ossnet_train.devices import autocast_dtype, resolve_device
 from ossnet_train.losses import step_loss
-from ossnet_train.optim import Lookahead, LRSchedule, OptimConfig, apply_learning_rate, build_optimizer
+from ossnet_train.optim import (
+    LR,
+    LR_SCHEDULES,
+    GradientClipper,
+    Lookahead,
+    LRSchedule,
+    OptimConfig,
+    apply_learning_rate,
+    build_optimizer,
+)
 from ossnet_train.registry import build_model
 from ossnet_train.unet import UNetConfig
 from ossnet_train.validate import ValidationResult, validate
@@ -83,6 +93,12 @@ PAPER_BATCH = 8
 _RESUMABLE_CHANGES = frozenset({"resume", "overwrite", "val_every", "checkpoint_every", "workers", "device", "threads",
                                 "progress", "val_data", "val_mode", "val_max_queries", "memory_budget_gb",
                                 "stop_after"})
+# Options added after runs were already being made, with the value such a run used when its saved
+# config predates them (where that differs from today's default).
+_LEGACY_VALUES = {"lr_schedule": "step", "grad_clip": 0.0}
+#: default ``--grad-clip``: the global gradient norm is clipped to this many times its running mean
+#: (:class:`~ossnet_train.optim.GradientClipper`; docs/training.md#the-recipe).
+GRAD_CLIP = 3.0
 
 
 @dataclass(frozen=True)
@@ -98,8 +114,14 @@ class TrainConfig:
     replacing preset sizes (tests use tiny ones), ``unet_channels``, ``slice_axis`` (2D U-Net).
     Steps: ``steps`` optimiser steps, ``points`` per volume, ``batch`` volumes per step (0: from
     the memory plan), ``memory_budget_gb`` (0: 8 GiB on CPU, 90 % of the GPU), ``max_batch``.
-    Recipe: ``lr``, ``pau_lr``, ``lr_milestones`` (fractions of ``steps`` where the LR drops
-    x0.1; the paper's epochs 20 and 30 of 50), ``sampling`` (uniform, border), ``border_balance``, ``augment``,
+    Recipe: ``lr``, ``pau_lr`` (0: the rate :class:`~ossnet_train.optim.OptimConfig` derives from
+    ``lr``), ``lr_schedule`` (``cosine``: annealed to 1 % at the last step; ``step``: x0.1 at each
+    of ``lr_milestones``, fractions of ``steps``; the paper's epochs 20 and 30 of 50),
+    ``grad_clip`` (the global gradient norm is clipped to this many times its running mean, 0 = no
+    clipping), ``freeze_bn_after`` (fraction
+    of ``steps`` from which BatchNorm uses its running statistics; 1 = never, 0 = the whole run,
+    otherwise only at or after the schedule's first LR drop, and the optimiser's moments restart
+    there), ``init_from``, ``sampling`` (uniform, border), ``border_balance``, ``augment``,
     ``crop`` (U-Net 3D), ``slices`` (U-Net 2D: slices per volume).
     Run: ``out``, ``seed``, ``device`` (auto, cpu, cuda, cuda:N), ``amp`` (bf16/fp16 autocast on
     CUDA), ``threads`` (torch CPU threads, set process-wide; 0 = torch's default), ``workers``
@@ -128,9 +150,11 @@ class TrainConfig:
     batch: int = 0
     memory_budget_gb: float = 0.0
     max_batch: int = PAPER_BATCH
-    lr: float = 3e-4
-    pau_lr: float = 1e-2
+    lr: float = LR
+    pau_lr: float = 0.0
+    lr_schedule: str = "cosine"
     lr_milestones: tuple[float, ...] = (0.4, 0.6)
+    grad_clip: float = GRAD_CLIP
     freeze_bn_after: float = 1.0
     init_from: str = ""
     sampling: str = "uniform"
@@ -196,13 +220,24 @@ def _check_config(cfg: TrainConfig) -> None:
                                ("--slices", cfg.slices, 1), ("--val-max-queries", cfg.val_max_queries, 1)):
         if not isinstance(value, int) or value < low:
             raise bad(option, f"an integer >= {low}", value)
-    for option, value in (("--lr", cfg.lr), ("--pau-lr", cfg.pau_lr)):
-        if not (math.isfinite(value) and value > 0):
-            raise bad(option, "a positive number", value)
+    if not (math.isfinite(cfg.lr) and cfg.lr > 0):
+        raise bad("--lr", "a positive number", cfg.lr)
+    for option, value in (("--pau-lr", cfg.pau_lr), ("--grad-clip", cfg.grad_clip)):
+        if not (math.isfinite(value) and value >= 0):
+            raise bad(option, "a number >= 0 (0: the default rule)", value)
+    if cfg.lr_schedule not in LR_SCHEDULES:
+        raise bad("--lr-schedule", " | ".join(LR_SCHEDULES), cfg.lr_schedule)
     if any(not 0.0 <= f <= 1.0 for f in cfg.lr_milestones):
         raise bad("--lr-milestones", "fractions of the run in [0, 1]", cfg.lr_milestones)
     if not 0.0 <= cfg.freeze_bn_after <= 1.0:
         raise bad("--freeze-bn-after", "a fraction of the run in [0, 1]", cfg.freeze_bn_after)
+    schedule = _schedule(cfg)
+    if 0 < _freeze_step(cfg) < schedule.first_drop_step():
+        earliest = schedule.first_drop_step() / cfg.steps
+        raise InputError(describe(
+            None, "invalid --freeze-bn-after", expected=f"0, 1 or at/after the schedule's first LR drop "
+            f"(fraction {earliest:g} of --steps with --lr-schedule {cfg.lr_schedule})", found=repr(cfg.freeze_bn_after),
+            fix="leave it at 1 (never: the default), or freeze once the LR has dropped (docs/training.md)"))
     if not 0.0 <= cfg.border_balance <= 1.0:
         raise bad("--border-balance", "a fraction in [0, 1]", cfg.border_balance)
     if cfg.memory_budget_gb < 0:
@@ -214,6 +249,15 @@ def _check_config(cfg: TrainConfig) -> None:
         raise bad("--val-split", "'reference' only with --data-kind brats", split)
     if cfg.val_data and split not in ("0",):
         raise bad("--val-split", "0 when --val-data is given (one source of validation cases)", split)
+
+
+def _schedule(cfg: TrainConfig) -> LRSchedule:
+    return LRSchedule(total_steps=cfg.steps, milestones=tuple(cfg.lr_milestones), kind=cfg.lr_schedule)
+
+
+def _freeze_step(cfg: TrainConfig) -> int:
+    """The 0-based step from which BatchNorm runs on its running statistics (``steps + 1``: never)."""
+    return math.ceil(cfg.freeze_bn_after * cfg.steps) if cfg.freeze_bn_after < 1.0 else cfg.steps + 1
 
 
 def _dataset_kwargs(cfg: TrainConfig) -> dict[str, Any]:
@@ -435,7 +479,7 @@ def _check_resumable(saved: dict[str, Any], cfg: TrainConfig, path: Path) -> Non
     # Options added after a run started are absent from its checkpoint: it ran with their defaults.
     defaults = json.loads(json.dumps({f.name: f.default for f in dataclasses.fields(TrainConfig)
                                       if f.default is not dataclasses.MISSING}))
-    saved = {**defaults, **saved}
+    saved = {**defaults, **_LEGACY_VALUES, **saved}
     changed = sorted(k for k in now if k not in _RESUMABLE_CHANGES and saved.get(k) != now[k])
     if changed:
         detail = "; ".join(f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in changed)
@@ -478,17 +522,19 @@ def fit(cfg: TrainConfig, *, log: Callable[[str], None] | None = None) -> FitRes
 
     torch.manual_seed(cfg.seed)
     model = build_model(model_cfg).to(device)
+    if cfg.init_from and not cfg.resume:
+        # Before the optimiser exists: Lookahead's slow weights start as a copy of the parameters.
+        _load_initial_weights(Path(cfg.init_from), model, model_cfg)
+        say(f"initial weights from {cfg.init_from}")
     optimizer = build_optimizer(model, OptimConfig(lr=cfg.lr, pau_lr=cfg.pau_lr))
-    schedule = LRSchedule(total_steps=cfg.steps, milestones=tuple(cfg.lr_milestones))
+    schedule = _schedule(cfg)
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+    clipper = GradientClipper(cfg.grad_clip)
 
     start_step, best_dice, best_step = 0, None, None
     plan_dict = None
-    if cfg.init_from and not cfg.resume:
-        _load_initial_weights(Path(cfg.init_from), model, model_cfg)
-        say(f"initial weights from {cfg.init_from}")
     if cfg.resume:
-        resumed = _load_training_state(run / LAST, cfg, model, optimizer, scaler, device)
+        resumed = _load_training_state(run / LAST, cfg, model, optimizer, scaler, device, clipper)
         start_step, best_dice, best_step, plan_dict = resumed
         say(f"resuming {run / LAST} at step {start_step}")
 
@@ -518,7 +564,7 @@ def fit(cfg: TrainConfig, *, log: Callable[[str], None] | None = None) -> FitRes
                         num_workers=cfg.workers, persistent_workers=False, pin_memory=device.type == "cuda")
 
     def save(name: str, step: int) -> None:
-        _save_training_state(run / name, cfg, model, preprocess, optimizer, scaler, step,
+        _save_training_state(run / name, cfg, model, preprocess, optimizer, scaler, clipper, step,
                              best_dice, best_step, plan)
 
     def run_validation(step: int) -> ValidationResult | None:
@@ -540,7 +586,7 @@ def fit(cfg: TrainConfig, *, log: Callable[[str], None] | None = None) -> FitRes
 
     model.train()
     # From this step on the normalisation uses the running statistics, as the exported graphs do.
-    freeze_step = math.ceil(cfg.freeze_bn_after * cfg.steps) if cfg.freeze_bn_after < 1.0 else cfg.steps + 1
+    freeze_step = _freeze_step(cfg)
     units = plan.batch * plan.units
     last_val: ValidationResult | None = None
     bar = tqdm(total=end_step, initial=start_step, desc="fit", unit="step", disable=not cfg.progress or None,
@@ -555,6 +601,10 @@ def fit(cfg: TrainConfig, *, log: Callable[[str], None] | None = None) -> FitRes
             factor = apply_learning_rate(optimizer.param_groups, schedule, step)
             if step >= freeze_step:
                 freeze_normalisation(model)
+                if step == freeze_step and step > 0:
+                    # The gradients' scale jumps at the switch (x5.4 on the demo model): restart
+                    # RAdam's moments so they do not turn it into oversized steps.
+                    optimizer.reset_moments()
             batch = _to_device(batch, device)
             optimizer.zero_grad(set_to_none=True)
             parts = step_loss(model, batch, device, amp_dtype)
@@ -563,10 +613,19 @@ def fit(cfg: TrainConfig, *, log: Callable[[str], None] | None = None) -> FitRes
                                           expected="a finite loss", fix="lower --lr, check the data for extreme values"))
             if scaler is not None:
                 scaler.scale(parts.total).backward()
-                scaler.step(optimizer)  # type: ignore[arg-type]
+                scaler.unscale_(optimizer)  # type: ignore[arg-type]
+                grad_limit = clipper.limit()
+                grad_norm = clipper(model.parameters())
+                scaler.step(optimizer)  # type: ignore[arg-type]  # skips the step when the norm is not finite
                 scaler.update()
             else:
                 parts.total.backward()
+                grad_limit = clipper.limit()
+                grad_norm = clipper(model.parameters())
+                if not math.isfinite(grad_norm):
+                    raise InputError(describe(run, f"the gradient norm became {grad_norm} at step {step + 1}",
+                                              expected="finite gradients",
+                                              fix="lower --lr or --grad-clip, check the data for extreme values"))
                 optimizer.step()
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
@@ -575,6 +634,7 @@ def fit(cfg: TrainConfig, *, log: Callable[[str], None] | None = None) -> FitRes
             train_seconds += seconds
             record = {"kind": "train", "step": step, "loss": float(parts.total.detach()),
                       "loss_points": parts.points, "loss_coarse": parts.coarse, "lr": cfg.lr * factor,
+                      "grad_norm": grad_norm if math.isfinite(grad_norm) else None, "grad_limit": grad_limit or None,
                       "points_per_s": units / seconds, "step_seconds": seconds, "data_seconds": data_seconds,
                       "compute_seconds": time.perf_counter() - t0, "batch": plan.batch, "units": plan.units,
                       "peak_memory_bytes": _peak_memory(device)}
@@ -620,7 +680,8 @@ def _state_name(step: int) -> str:
 
 
 def _save_training_state(path: Path, cfg: TrainConfig, model: nn.Module, preprocess: PreprocessConfig,
-                         optimizer: Lookahead, scaler: torch.amp.GradScaler | None, step: int,
+                         optimizer: Lookahead, scaler: torch.amp.GradScaler | None, clipper: GradientClipper,
+                         step: int,
                          best_dice: float | None, best_step: int | None, plan: BatchPlan) -> None:
     facts: dict[str, Any] = {"step": step, "best_dice": best_dice, "best_step": best_step,
                              "train_config": cfg.to_dict(), "plan": dataclasses.asdict(plan)}
@@ -632,6 +693,7 @@ def _save_training_state(path: Path, cfg: TrainConfig, model: nn.Module, preproc
         "step": step,
         "optimizer": optimizer.state_dict(),
         "scaler": scaler.state_dict() if scaler is not None else None,
+        "clipper": clipper.state_dict(),
         "torch_rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
     }
@@ -650,7 +712,7 @@ def _save_training_state(path: Path, cfg: TrainConfig, model: nn.Module, preproc
 
 
 def _load_training_state(path: Path, cfg: TrainConfig, model: nn.Module, optimizer: Lookahead,
-                         scaler: torch.amp.GradScaler | None, device: torch.device
+                         scaler: torch.amp.GradScaler | None, device: torch.device, clipper: GradientClipper,
                          ) -> tuple[int, float | None, int | None, dict[str, Any]]:
     loaded = checkpoint.load_checkpoint(path)
     facts = loaded.provenance.get("training") or {}
@@ -680,6 +742,7 @@ def _load_training_state(path: Path, cfg: TrainConfig, model: nn.Module, optimiz
                                         fix="resume with the original model settings")) from None
     if scaler is not None and state.get("scaler"):
         scaler.load_state_dict(state["scaler"])
+    clipper.load_state_dict(state.get("clipper") or {})  # states saved before clipping existed: none
     torch.set_rng_state(state["torch_rng"])
     if state.get("cuda_rng") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda_rng"])

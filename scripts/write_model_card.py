@@ -83,9 +83,7 @@ def _training(training: dict[str, Any]) -> str:
         f"{training['train_cases'][-1]}), {len(training['val_cases'])} validation subjects "
         f"({', '.join(training['val_cases'])}); the held-out subjects below come from a third, disjoint seed range.",
         f"- {training['steps']} optimiser steps{stopped} of {plan['batch']} volumes x {o['points']} query points "
-        f"({o['sampling']} sampling), learning rate {o['lr']} (PAU {o['pau_lr']}) dropping x0.1 at "
-        f"{', '.join(str(f) for f in o['lr_milestones'])} of the run; BatchNorm frozen to its running "
-        f"statistics (as the exported graphs use them) from {o['freeze_bn_after']} of the run; seed {o['seed']}.",
+        f"({o['sampling']} sampling), {_schedule_text(o)}; {_freeze_text(o)}; seed {o['seed']}.",
         f"- Time: {hours:.0f} minutes of training and validation ({training['step_seconds_total'] / 60:.0f} min of "
         f"steps) on {training.get('hardware') or str(training['threads']) + ' CPU threads'}, torch {training['torch']}"
         f"{', fp32' if str(training.get('device', 'cpu')).startswith('cuda') and not o.get('amp', True) else ''}.",
@@ -100,12 +98,30 @@ def _training(training: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _schedule_text(o: dict[str, Any]) -> str:
+    """The run's learning rates and schedule in words; runs older than --lr-schedule used the step schedule."""
+    pau = o["pau_lr"] if o.get("pau_lr") else "the same"
+    if o.get("lr_schedule", "step") == "cosine":
+        return f"learning rate {o['lr']} (PAU {pau}) annealed by a cosine to 1 % at the last step"
+    return (f"learning rate {o['lr']} (PAU {pau}) dropping x0.1 at "
+            f"{', '.join(str(f) for f in o['lr_milestones'])} of the run")
+
+
+def _freeze_text(o: dict[str, Any]) -> str:
+    if float(o.get("freeze_bn_after", 1.0)) >= 1.0:
+        return "BatchNorm trained with batch statistics throughout"
+    return (f"BatchNorm frozen to its running statistics (as the exported graphs use them) from "
+            f"{o['freeze_bn_after']} of the run")
+
+
 def _command(training: dict[str, Any]) -> str:
     o = training["options"]
     parts = [f"ossnet-train fit --data-kind {o['data_kind']} --data {o['data']} --val-data {o['val_data']}",
              f"--variant {o['variant']} --preset {o['preset']} --out {o['out']}",
              f"--steps {o['steps']} --points {o['points']} --batch {o['batch']} --sampling {o['sampling']}",
-             f"--lr-milestones {','.join(str(f) for f in o['lr_milestones'])} --freeze-bn-after {o['freeze_bn_after']}",
+             ("--lr-schedule cosine" if o.get("lr_schedule", "step") == "cosine" else
+              f"--lr-schedule step --lr-milestones {','.join(str(f) for f in o['lr_milestones'])}")
+             + f" --freeze-bn-after {o['freeze_bn_after']}",
              f"--val-every {o['val_every']} --threads {o['threads']} --workers {o['workers']} --seed {o['seed']}"
              f" --device {o.get('device', 'auto')}{'' if o.get('amp', True) else ' --no-amp'}"]
     extra = [f"--augment-override {k}={json.dumps(v)}" for k, v in o.get("augment_overrides") or []]

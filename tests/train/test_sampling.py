@@ -111,8 +111,9 @@ def test_grid_border_is_not_a_boundary() -> None:
 def test_border_sampling_puts_half_the_points_in_a_small_band() -> None:
     label = np.zeros((64, 64, 64), dtype=bool)
     label[30:32, 30:32, 30:32] = True
-    band = border_band(label)
-    assert band.sum() == 16**3 and band.mean() < 0.02  # 4^3 boundary dilated by 13
+    band = border_band(label, 13)
+    assert band.sum() == 16**3 and band.mean() < 0.02  # 4^3 boundary dilated by 13 (the reference's band)
+    assert border_band(label).sum() == 8**3  # the default: dilated by 5
     rng = np.random.default_rng(0)
     points = border_points(band_indices(band), label.shape, 4000, rng)
     inside = band[points[:, 0], points[:, 1], points[:, 2]].mean()

@@ -121,6 +121,59 @@ def test_samples_are_deterministic_and_consistent(tmp_path: Path) -> None:
     assert sorted(case_for_sample(5, i, 3) for i in range(3)) == [0, 1, 2]
 
 
+def test_border_points_hug_the_surface_and_stay_in_the_input(tmp_path: Path) -> None:
+    """Border sampling on a synthetic head: a 36^3 input (background 0.1) holding a ball of tissue (r 14, 1.0)
+    with a ball label (r 7), placed with shifts and flipped in a 48^3 grid. Half the points come from the
+    band (the label boundary +-2), 80 % of the rest from the foreground (tissue), the others from the input's
+    region: none lands in the padding, few in the background, most near the surface."""
+    import nibabel as nib
+
+    from ossnet_deploy.morphology import max_filter
+    from ossnet_train.batches import _training_volume, sample_rng
+    from ossnet_train.sampling import label_boundary
+
+    root = tmp_path / "head"
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir(parents=True)
+    radius = np.sqrt(((np.indices((36, 36, 36)) - 17.5) ** 2).sum(0))
+    image = np.where(radius <= 14, 1.0, 0.1).astype(np.float32)
+    nib.save(nib.Nifti1Image(image, np.eye(4)), root / "imagesTr" / "head_000_0000.nii.gz")
+    nib.save(nib.Nifti1Image((radius <= 7).astype(np.uint8), np.eye(4)), root / "labelsTr" / "head_000.nii.gz")
+    config = tiny_config(root, tmp_path / "run", preprocess_overrides=(
+        ("shape", (48, 48, 48)), ("max_shift", 3), ("intensity", "zscore_volume"),
+        ("foreground", "threshold"), ("foreground_threshold", 0.5)))
+    preprocess = _preprocess_config(config)
+    cache = CaseCache(make_dataset("generic", root), preprocess, band=True)
+    sample = SampleConfig(points=4000, sampling="border", patches=False,
+                          augment=AugmentConfig(flip_axes=(0, 1, 2), flip_p=1.0, brightness_p=0.0, noise_p=0.0))
+    samples = TrainingSamples(cache, sample, seed=0, length=8)
+    fractions: dict[str, list[float]] = {"padding": [], "background": [], "tissue": [], "near surface": [],
+                                         "expected near surface": []}
+    for g in range(8):
+        item = samples[g]
+        idx = np.rint(((item["coords"] + 1) * 48 - 1) / 2).astype(np.int64)
+        volume = _training_volume(cache.get(0), preprocess, sample, sample_rng(0, g))  # the same draws
+        at = tuple(idx.T)
+        np.testing.assert_array_equal(item["targets"], volume.label[at])
+        values = volume.padded[0][at]
+        tissue_level, background_level = volume.padded[0].max(), np.unique(volume.padded[0])[1]
+        fractions["padding"].append(float(np.mean(values == volume.pad_values[0])))
+        fractions["background"].append(float(np.mean(np.isclose(values, background_level))))
+        fractions["tissue"].append(float(np.mean(np.isclose(values, tissue_level))))
+        near = max_filter(label_boundary(volume.label), 5)  # within 2 voxels of a boundary voxel
+        fractions["near surface"].append(float(near[at].mean()))
+        tissue = np.isclose(volume.padded[0], tissue_level)
+        region = volume.padded[0] != volume.pad_values[0]
+        fractions["expected near surface"].append(0.5 + 0.4 * near[tissue].mean() + 0.1 * near[region].mean())
+    mean = {k: float(np.mean(v)) for k, v in fractions.items()}
+    assert mean["padding"] == 0.0
+    # 50 % band (inside the tissue ball) + 40 % tissue + 10 % region, a quarter of which is tissue.
+    assert mean["tissue"] == pytest.approx(0.5 + 0.4 + 0.1 * 0.246, abs=0.02)
+    assert mean["background"] == pytest.approx(0.1 * (1 - 0.246), abs=0.02)
+    # All of the band, plus the surface's share of the tissue and region draws.
+    assert mean["near surface"] == pytest.approx(mean["expected near surface"], abs=0.02)
+
+
 def test_shifted_training_volumes_are_bias_corrected_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """With bias_correction on, the cache corrects the canonical case once and every shifted
     placement equals prepare_volume with the correction at that shift."""
@@ -196,10 +249,17 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path: Path) -> None:
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=key)
-    losses = [[r["loss"] for r in map(json.loads, (tmp_path / run / "metrics.jsonl").read_text().splitlines())
-               if r["kind"] == "train"] for run in ("straight", "split")]
+    records = [[r for r in map(json.loads, (tmp_path / run / "metrics.jsonl").read_text().splitlines())
+                if r["kind"] == "train"] for run in ("straight", "split")]
+    losses = [[r["loss"] for r in run] for run in records]
     assert len(losses[0]) == 4
     np.testing.assert_allclose(losses[0], losses[1], rtol=0, atol=1e-6)
+    # The resumed session continues the same LR schedule and ends at its annealed rate.
+    rates = [[r["lr"] for r in run] for run in records]
+    assert rates[0] == rates[1]
+    assert rates[0][-1] == pytest.approx(0.01 * TrainConfig.lr, rel=1e-12)
+    assert rates[0][0] == pytest.approx(TrainConfig.lr, rel=1e-12)
+    assert all(r["grad_norm"] > 0 for run in records for r in run)
 
 
 def _state(ckpt: object) -> dict[str, torch.Tensor]:
@@ -267,10 +327,9 @@ def test_memory_plan_picks_the_batch_from_the_budget(tmp_path: Path) -> None:
 def test_tiny_task_reaches_dice_090_on_unseen_volumes(tmp_path: Path) -> None:
     write_ellipsoids(tmp_path / "train", range(0, 12))
     write_ellipsoids(tmp_path / "val", range(100, 103))
-    # The LR drops late (80 %, 90 %) instead of at 40 %/60 %: with 130 steps the paper's
-    # milestones would leave only 52 steps at full rate.
+    # The default recipe (cosine schedule, clipped gradients) at a higher rate: 130 steps only.
     result = fit(tiny_config(tmp_path / "train", tmp_path / "run", val_data=str(tmp_path / "val"), steps=130,
-                             points=256, batch=2, lr=3e-3, lr_milestones=(0.8, 0.9), sampling="border",
+                             points=256, batch=2, lr=3e-3, sampling="border",
                              val_mode="reference", checkpoint_every=1000))
     assert result.last_validation is not None
     scores = [s.dice for s in result.last_validation.subjects]
@@ -309,6 +368,83 @@ def test_freeze_bn_keeps_running_statistics_and_trains_weights(tmp_path: Path) -
         assert torch.equal(trained[key], fresh[key]), key
     weights = [k for k in trained if k.endswith("fc1.weight")]
     assert any(not torch.equal(trained[k], fresh[k]) for k in weights)
+
+
+def test_fit_clips_to_a_multiple_of_the_running_mean_norm_and_logs_it(tmp_path: Path) -> None:
+    """metrics.jsonl's grad_norm (before clipping) and grad_limit follow GradientClipper's rule step by step."""
+    write_ellipsoids(tmp_path / "data", range(2))
+    fit(tiny_config(tmp_path / "data", tmp_path / "run", steps=6, grad_clip=0.8))
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    mean = None
+    for record in records:
+        limit = 0.8 * mean if mean is not None else None
+        assert record["grad_limit"] == (pytest.approx(limit, rel=1e-9) if limit else None)
+        used = min(record["grad_norm"], limit) if limit else record["grad_norm"]
+        mean = used if mean is None else 0.9 * mean + 0.1 * used
+    assert any(r["grad_limit"] and r["grad_norm"] > r["grad_limit"] for r in records), "some step was clipped"
+
+
+def test_the_default_recipe_has_no_mid_run_switch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """By default BatchNorm never switches to its running statistics and the optimiser never restarts."""
+    assert TrainConfig.freeze_bn_after == 1.0 and TrainConfig.grad_clip > 0
+    from ossnet_train import train as train_module
+    from ossnet_train.optim import Lookahead
+
+    calls: list[str] = []
+    monkeypatch.setattr(train_module, "freeze_normalisation", lambda model: calls.append("freeze"))
+    monkeypatch.setattr(Lookahead, "reset_moments", lambda self: calls.append("reset"))
+    write_ellipsoids(tmp_path / "data", range(2))
+    fit(tiny_config(tmp_path / "data", tmp_path / "run", steps=4))
+    assert calls == []
+    # Nor does the demo model's training script (which once froze at 35 %).
+    script = (Path(__file__).resolve().parents[2] / "scripts" / "train_demo_gpu.sh").read_text()
+    assert '--freeze-bn-after "${FREEZE_BN_AFTER:-1}"' in script
+
+
+def test_a_freeze_waits_for_the_first_lr_drop_and_restarts_the_moments(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    write_ellipsoids(tmp_path / "data", range(2))
+    with pytest.raises(InputError, match="first LR drop"):  # cosine: half way
+        fit(tiny_config(tmp_path / "data", tmp_path / "early", steps=10, freeze_bn_after=0.35))
+    with pytest.raises(InputError, match="first LR drop"):  # step: the first milestone
+        fit(tiny_config(tmp_path / "data", tmp_path / "early", steps=10, lr_schedule="step", freeze_bn_after=0.3))
+    from ossnet_train.optim import Lookahead
+
+    resets: list[int] = []
+    original = Lookahead.reset_moments
+
+    def reset(self: Lookahead) -> None:
+        resets.append(self.step_count)
+        original(self)
+
+    monkeypatch.setattr(Lookahead, "reset_moments", reset)
+    fit(tiny_config(tmp_path / "data", tmp_path / "run", steps=4, lr_schedule="step", lr_milestones=(0.5,),
+                    freeze_bn_after=0.5))
+    assert resets == [2]  # once, before step 3 (0-based step 2, the first milestone)
+
+
+def test_init_from_then_lookahead_sync_keeps_the_loaded_weights(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """After --init-from and Lookahead's first sync (step 5), the weights are those of a run whose model was
+    built holding the checkpoint's weights: the slow weights start from the loaded ones, not the random init."""
+    write_ellipsoids(tmp_path / "data", range(2))
+    fit(tiny_config(tmp_path / "data", tmp_path / "first", steps=2, seed=1))
+    source = checkpoint.load_checkpoint(tmp_path / "first" / "last.pt").state_dict
+    fit(tiny_config(tmp_path / "data", tmp_path / "loaded", steps=6, init_from=str(tmp_path / "first" / "last.pt")))
+
+    from ossnet_train import train as train_module
+
+    def built_with_the_weights(config: object) -> torch.nn.Module:
+        model = build_model(config)  # the same random draws as the run above, then the weights
+        model.load_state_dict(source)
+        return model
+
+    monkeypatch.setattr(train_module, "build_model", built_with_the_weights)
+    fit(tiny_config(tmp_path / "data", tmp_path / "built", steps=6))
+    loaded = checkpoint.load_checkpoint(tmp_path / "loaded" / "last.pt").state_dict
+    built = checkpoint.load_checkpoint(tmp_path / "built" / "last.pt").state_dict
+    for key in built:
+        torch.testing.assert_close(loaded[key].float(), built[key].float(), rtol=0, atol=1e-6, msg=key)
 
 
 def trained_config(path: Path) -> object:

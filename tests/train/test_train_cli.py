@@ -67,6 +67,17 @@ def test_help_lists_every_subcommand_and_fit_option() -> None:
             assert option in result.output, option
 
 
+def test_recipe_options_left_unset_take_train_configs_defaults() -> None:
+    """The recipe's defaults live in TrainConfig / ossnet_train.optim only; the help merely shows them."""
+    params = {p.name: p for p in cli.main.commands["fit"].params}  # type: ignore[attr-defined]
+    for name in ("lr", "pau_lr", "lr_schedule", "grad_clip"):
+        assert params[name].default is None, name
+    assert float(params["lr"].show_default) == TrainConfig.lr
+    assert float(params["grad_clip"].show_default) == TrainConfig.grad_clip
+    assert params["lr_schedule"].show_default == TrainConfig.lr_schedule
+    assert TrainConfig.pau_lr == 0.0  # = the rate OptimConfig derives from --lr
+
+
 def test_user_errors_are_one_line_with_usage_exit_code(tmp_path: Path) -> None:
     runner = CliRunner()
     result = runner.invoke(cli.main, [*TINY_FIT, "--data", str(tmp_path / "none"), "--out", str(tmp_path / "run")])
