@@ -244,9 +244,14 @@ def fit_command(**options: Any) -> None:
 @click.option("--overwrite", is_flag=True, help="Replace existing files.")
 @click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
               help="Subjects generated in parallel processes (the output does not depend on it).")
+@click.option("--variety", type=click.Choice(["none", "acquisition"]), default="none", show_default=True,
+              help="none: every subject on the template's grid, Rician background, int16 (the version-1 cohort, "
+                   "e.g. the held-out test seeds); acquisition: each subject its own background (zero or noise), "
+                   "field of view, voxel spacing, storage, gain, contrast, bias field and noise (for training; "
+                   "docs/data.md).")
 @verbose_option
 @_handle_errors
-def make_demo_data_command(out: Path, subjects: int, seed_start: int, overwrite: bool, jobs: int,
+def make_demo_data_command(out: Path, subjects: int, seed_start: int, overwrite: bool, jobs: int, variety: str,
                            verbose: bool) -> None:
     """Write the demo cohort (random warps of the MNI template, white-matter labels) to OUT."""
     from tqdm import tqdm
@@ -255,7 +260,7 @@ def make_demo_data_command(out: Path, subjects: int, seed_start: int, overwrite:
 
     _setup_logging(verbose, logging.WARNING)  # the progress bar reports each subject
     with tqdm(total=subjects, desc="subjects", unit="subject") as bar:
-        written = make_demo_cohort(out, subjects, seed_start, overwrite=overwrite, jobs=jobs,
+        written = make_demo_cohort(out, subjects, seed_start, overwrite=overwrite, jobs=jobs, variety=variety,
                                    progress=lambda done, total: bar.update(done - bar.n))
     click.echo(f"wrote {len(written)} subjects to {out}")
 

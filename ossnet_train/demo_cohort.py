@@ -26,7 +26,7 @@ randomness from ``numpy.random.SeedSequence(s)``):
    [0.01, 0.05] times the nominal full scale (``gain``).
 
 Image and label share the template's grid (197 x 233 x 189, 1 mm) and affine; the anatomy
-moves inside it. The image is stored as int16 with a header slope (``max / 4095``: 12-bit
+moves inside it (without an acquisition; with one, see below). The image is stored as int16 with a header slope (``max / 4095``: 12-bit
 like scanner data; the quantisation step is at most 1/40 of the smallest noise sigma, so it
 adds under 0.01 % to the noise variance, and the files are about half the size of float32).
 
@@ -34,6 +34,15 @@ The warps are numpy only: the affine part and the B-spline displacement are comp
 one sampling map, evaluated slab by slab (``chunk_slices`` slices along the first axis) so
 memory stays near the size of the output, and the B-spline is upsampled separably with its
 four nonzero taps per axis.
+
+With an :class:`ossnet_train.acquisition.Acquisition` (``make-demo-data --variety acquisition``,
+drawn per seed by :func:`ossnet_train.acquisition.draw_acquisition`), the same anatomy is
+"acquired" differently: its gamma, a monotone contrast curve, the bias-field strength and the
+noise level replace the draws above, and after the blur (widened by the slice profile of a coarse
+axis) the image, label and brain mask (warped template T1 > 0, optionally dilated) are cut to a
+field of view, resampled to the subject's voxel spacing, given Rician noise, zeroed outside the
+mask (zero background), zero-padded and stored as uint8, int16 (with or without a slope) or
+float32 (docs/data.md#acquisition-variety).
 """
 
 from __future__ import annotations
@@ -56,6 +65,9 @@ import numpy as np
 
 from ossnet_deploy.atomic import atomic_write
 from ossnet_deploy.errors import DependencyError, InputError, OutputExistsError, describe
+from ossnet_deploy.morphology import max_filter
+from ossnet_train import acquisition as acq_mod
+from ossnet_train.acquisition import ACQUISITION_VERSION, VARIETIES, Acquisition, AcquisitionRanges
 
 __all__ = [
     "GENERATOR_VERSION",
@@ -151,11 +163,13 @@ class DemoSubject:
     Attributes:
         case_id: ``demo_SSSS`` (SSSS = the seed, zero-padded to 4 digits).
         seed: the seed.
-        image: ``(197, 233, 189)`` float32 T1-like intensities (the stored int16 times the slope).
+        image: float32 T1-like intensities (the stored values times the slope); ``(197, 233, 189)``
+            without an acquisition, the acquired field of view at its spacing with one.
         label: same shape, uint8 white matter in {0, 1}.
-        affine: ``(4, 4)`` float64, the template's.
-        slope: the int16 storage slope (image = stored * slope).
-        drawn: the random values drawn for this subject (JSON-ready).
+        affine: ``(4, 4)`` float64, the template's (with an acquisition: of the acquired grid).
+        slope: the storage slope (image = stored * slope).
+        drawn: the random values drawn for this subject (JSON-ready; ``acquisition`` with one).
+        dtype: the stored data type: ``int16`` (default), ``uint8`` or ``float32``.
     """
 
     case_id: str
@@ -165,6 +179,7 @@ class DemoSubject:
     affine: np.ndarray
     slope: float
     drawn: dict[str, Any]
+    dtype: str = "int16"
 
 
 def case_id(seed: int) -> str:
@@ -329,16 +344,17 @@ def _trilinear(stack: np.ndarray, dims: tuple[int, int, int], u: np.ndarray) -> 
     return c0 + (c1 - c0) * fi
 
 
-def _gaussian_blur(volume: np.ndarray, sigma: float) -> np.ndarray:
-    """Separable Gaussian blur (sigma in voxels, zero outside the grid), float32."""
-    if sigma < 0.05:  # the kernel is a delta to float32 precision
-        return volume
-    radius = max(1, math.ceil(3.0 * sigma))
-    offsets = np.arange(-radius, radius + 1)
-    kernel = np.exp(-0.5 * (offsets / sigma) ** 2)
-    kernel = (kernel / kernel.sum()).astype(np.float32)
+def _gaussian_blur(volume: np.ndarray, sigma: float | tuple[float, float, float]) -> np.ndarray:
+    """Separable Gaussian blur (sigma in voxels, one or one per axis; zero outside the grid), float32."""
+    sigmas = (sigma,) * 3 if isinstance(sigma, (int, float)) else tuple(sigma)
     out = volume
     for axis in range(3):
+        if sigmas[axis] < 0.05:  # the kernel is a delta to float32 precision
+            continue
+        radius = max(1, math.ceil(3.0 * sigmas[axis]))
+        offsets = np.arange(-radius, radius + 1)
+        kernel = np.exp(-0.5 * (offsets / sigmas[axis]) ** 2)
+        kernel = (kernel / kernel.sum()).astype(np.float32)
         src = out
         out = src * kernel[radius]
         n = src.shape[axis]
@@ -353,15 +369,19 @@ def _gaussian_blur(volume: np.ndarray, sigma: float) -> np.ndarray:
     return out
 
 
-def make_demo_subject(seed: int, params: DemoParams | None = None) -> DemoSubject:
+def make_demo_subject(seed: int, params: DemoParams | None = None, *,
+                      acquisition: Acquisition | None = None) -> DemoSubject:
     """Generate one subject (deterministic in ``seed``; a few seconds on one core).
 
     Args:
         seed: a non-negative integer; the case id is :func:`case_id` of it.
         params: the model's ranges (default :class:`DemoParams`).
+        acquisition: how the subject is acquired (``draw_acquisition(seed)`` for the cohort's
+            ``acquisition`` variety); None: the version-1 subject on the template's grid. The
+            anatomy (warp and label) does not depend on it.
 
     Returns:
-        The :class:`DemoSubject` on the template's grid (image exactly as stored).
+        The :class:`DemoSubject` (image exactly as stored).
 
     Raises:
         DependencyError: nilearn's template files are missing.
@@ -382,6 +402,9 @@ def make_demo_subject(seed: int, params: DemoParams | None = None) -> DemoSubjec
     gain = float(rng_int.uniform(*p.gain_range))
     blur = float(rng_int.uniform(0.0, p.max_blur_sigma_vox))
     noise_frac = float(rng_int.uniform(*p.noise_range))
+    bias_rms = p.bias_log_rms
+    if acquisition is not None:  # the acquisition's values replace these draws (the streams stay aligned)
+        gamma, noise_frac, bias_rms = acquisition.gamma, acquisition.noise_fraction, acquisition.bias_log_rms
 
     a3, a0 = tpl.affine[:3, :3], tpl.affine[:3, 3]
     a3_inv = np.linalg.inv(a3)
@@ -393,7 +416,7 @@ def make_demo_subject(seed: int, params: DemoParams | None = None) -> DemoSubjec
     mat = a3_inv @ linear @ a3
     vec = a3_inv @ (linear @ (a0 - centre - shift) + centre - a0)
     ffd = _Spline.random(rng_ffd, dims, tuple(p.ffd_spacing_mm / voxel_mm), p.ffd_rms_mm, 3)
-    bias = _Spline.random(rng_bias, dims, tuple(p.bias_spacing_mm / voxel_mm), p.bias_log_rms, 1)
+    bias = _Spline.random(rng_bias, dims, tuple(p.bias_spacing_mm / voxel_mm), bias_rms, 1)
 
     stack = np.zeros([d + 4 for d in dims] + [2], dtype=np.uint8)
     stack[2:-2, 2:-2, 2:-2, 0] = tpl.t1
@@ -402,6 +425,7 @@ def make_demo_subject(seed: int, params: DemoParams | None = None) -> DemoSubjec
 
     image = np.empty(dims, dtype=np.float32)
     label = np.empty(dims, dtype=np.uint8)
+    brain = np.empty(dims, dtype=bool) if acquisition is not None else None
     jj, kk = np.meshgrid(np.arange(dims[1]), np.arange(dims[2]), indexing="ij")
     threshold = p.wm_threshold * 255.0
     for start in range(0, dims[0], p.chunk_slices):
@@ -412,7 +436,17 @@ def make_demo_subject(seed: int, params: DemoParams | None = None) -> DemoSubjec
         sampled = _trilinear(stack, dims, u.reshape(3, -1)).reshape(*u.shape[1:], 2)
         label[rows] = sampled[..., 1] > threshold
         field = np.exp(bias.slab(rows)[0]).astype(np.float32)
-        image[rows] = (sampled[..., 0] / np.float32(255.0)) ** np.float32(gamma) * field * np.float32(gain)
+        t1 = sampled[..., 0] / np.float32(255.0)
+        if acquisition is not None:
+            brain[rows] = sampled[..., 0] > 0  # type: ignore[index]
+            t1 = acq_mod.contrast_curve(t1, acquisition.contrast_knots)
+        image[rows] = t1 ** np.float32(gamma) * field * np.float32(gain)
+    if acquisition is not None:
+        assert brain is not None
+        return _acquire(seed, image, label, brain, tpl.affine, acquisition, blur, float(np.float32(noise_frac * gain)),
+                        rng_n1, rng_n2, p, {"rotation_deg": angles.tolist(), "scale": scales.tolist(),
+                                            "shift_mm": shift.tolist(), "gamma": gamma, "gain": gain,
+                                            "blur_sigma_vox": blur, "bias_log_rms": bias_rms})
     image = _gaussian_blur(image, blur)
 
     sigma_n = np.float32(noise_frac * gain)
@@ -437,13 +471,45 @@ def make_demo_subject(seed: int, params: DemoParams | None = None) -> DemoSubjec
                        tpl.affine.copy(), slope, drawn)
 
 
+def _acquire(seed: int, image: np.ndarray, label: np.ndarray, brain: np.ndarray, affine: np.ndarray,
+             acq: Acquisition, blur: float, sigma_n: float, rng_n1: np.random.Generator,
+             rng_n2: np.random.Generator, p: DemoParams, drawn: dict[str, Any]) -> DemoSubject:
+    """The acquisition steps after the warp (module docstring; ossnet_train.acquisition)."""
+    voxel_mm = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+    factors = np.asarray(acq.spacing_mm) / voxel_mm
+    # The slice profile of a coarse axis adds to the blur (variances add); a 1 mm axis keeps it.
+    sigmas = tuple(math.sqrt(blur**2 + acq_mod.slice_profile_sigma(float(f)) ** 2) for f in factors)
+    image = _gaussian_blur(image, sigmas)  # type: ignore[arg-type]
+    if acq.mask_dilation_vox > 0:
+        brain = max_filter(brain, 2 * acq.mask_dilation_vox + 1)
+    lo, hi = acq_mod.fov_window(brain, acq)
+    image, label, brain = (acq_mod.take_window(v, lo, hi) for v in (image, label, brain))
+    out_affine = acq_mod.shift_affine(affine, lo)
+    image, (label, brain), out_affine = acq_mod.resample_spacing(image, [label, brain], out_affine, acq.spacing_mm)
+    sigma = np.float32(sigma_n)
+    for start in range(0, image.shape[0], p.chunk_slices):
+        rows = slice(start, min(start + p.chunk_slices, image.shape[0]))
+        n1 = rng_n1.standard_normal(image[rows].shape, dtype=np.float32)
+        n2 = rng_n2.standard_normal(image[rows].shape, dtype=np.float32)
+        image[rows] = np.sqrt((image[rows] + sigma * n1) ** 2 + (sigma * n2) ** 2)
+    if acq.background == "zero":
+        acq_mod.zero_background(image, brain)
+    if any(acq.zero_pad_mm):
+        (image, label), out_affine = acq_mod.zero_pad([image, label], out_affine, acq.zero_pad_mm)
+    stored, slope = acq_mod.store(image, acq)
+    drawn = {**drawn, "noise_sigma": float(sigma), "acquisition": {
+        **acq.to_dict(), "fov_lo_vox": list(lo), "fov_hi_vox": list(hi), "shape": list(stored.shape)}}
+    return DemoSubject(case_id(int(seed)), int(seed), stored.astype(np.float32) * np.float32(slope),
+                       np.ascontiguousarray(label, dtype=np.uint8), out_affine, slope, drawn, stored.dtype.name)
+
+
 def write_subject(subject: DemoSubject, out_dir: str | os.PathLike[str], *, overwrite: bool = False) -> tuple[Path, Path]:
     """Write one subject in the nnU-Net layout (atomically; the same subject gives the same bytes).
 
     Args:
         subject: from :func:`make_demo_subject`.
-        out_dir: the dataset folder; files go to ``imagesTr/<case>_0000.nii.gz`` (int16 with
-            the subject's slope) and ``labelsTr/<case>.nii.gz`` (uint8).
+        out_dir: the dataset folder; files go to ``imagesTr/<case>_0000.nii.gz`` (the subject's
+            ``dtype``: int16 or uint8 with its slope, or float32) and ``labelsTr/<case>.nii.gz`` (uint8).
         overwrite: replace existing files.
 
     Returns:
@@ -453,9 +519,12 @@ def write_subject(subject: DemoSubject, out_dir: str | os.PathLike[str], *, over
         OutputExistsError: a file exists and ``overwrite`` is False.
     """
     root = Path(out_dir)
-    stored = np.rint(subject.image / np.float32(subject.slope)).astype(np.int16)
-    image = nib.Nifti1Image(stored, subject.affine)
-    image.header.set_slope_inter(subject.slope, 0.0)
+    if subject.dtype == "float32":
+        image = nib.Nifti1Image(np.asarray(subject.image, dtype=np.float32), subject.affine)
+    else:
+        stored = np.rint(subject.image / np.float32(subject.slope)).astype(subject.dtype)
+        image = nib.Nifti1Image(stored, subject.affine)
+        image.header.set_slope_inter(subject.slope, 0.0)
     image.header["descrip"] = f"ossnet demo {subject.case_id} v{GENERATOR_VERSION}".encode()
     label = nib.Nifti1Image(subject.label, subject.affine)
     label.header["descrip"] = b"white matter (MNI ICBM152 2009a warp)"
@@ -469,13 +538,21 @@ def write_subject(subject: DemoSubject, out_dir: str | os.PathLike[str], *, over
     return paths
 
 
-def _make_and_write(seed: int, params: DemoParams, root: Path, overwrite: bool) -> dict[str, object]:
+def _make_and_write(seed: int, params: DemoParams, root: Path, overwrite: bool,
+                    variety: str = "none") -> dict[str, object]:
     """Generate and write one subject; its ``dataset.json`` record."""
     started = time.perf_counter()
-    subject = make_demo_subject(seed, params)
+    acquisition = acq_mod.draw_acquisition(seed) if variety == "acquisition" else None
+    subject = make_demo_subject(seed, params, acquisition=acquisition)
     write_subject(subject, root, overwrite=overwrite)
     logger.info("demo subject %s written in %.1f s", subject.case_id, time.perf_counter() - started)
-    return {"case": subject.case_id, "seed": seed, "image_slope": subject.slope, "drawn": subject.drawn}
+    record: dict[str, object] = {"case": subject.case_id, "seed": seed, "image_slope": subject.slope,
+                                 "drawn": subject.drawn}
+    if acquisition is not None:
+        voxel = np.sqrt((subject.affine[:3, :3] ** 2).sum(axis=0))
+        record.update({"image_dtype": subject.dtype, "shape": list(subject.image.shape),
+                       "spacing_mm": [round(float(v), 6) for v in voxel]})
+    return record
 
 
 def make_demo_cohort(
@@ -487,6 +564,7 @@ def make_demo_cohort(
     progress: Callable[[int, int], None] | None = None,
     params: DemoParams | None = None,
     jobs: int = 1,
+    variety: str = "none",
 ) -> list[str]:
     """Write a demo cohort in the nnU-Net layout.
 
@@ -505,6 +583,10 @@ def make_demo_cohort(
         params: the model's ranges (default :class:`DemoParams`).
         jobs: subjects generated at once, each in its own process (every subject depends only on
             its seed, so the output is the same for any ``jobs``).
+        variety: ``"none"`` (the version-1 cohort: template grid, Rician background, int16 with a
+            slope; the same files as before the option existed) or ``"acquisition"`` (every
+            subject its own background, field of view, spacing, storage, contrast, bias and noise,
+            drawn from its seed: :func:`ossnet_train.acquisition.draw_acquisition`).
 
     Returns:
         The case ids written, in seed order.
@@ -518,6 +600,8 @@ def make_demo_cohort(
                                   found=repr(n_subjects)))
     if int(seed_start) != seed_start or seed_start < 0:
         raise InputError(describe(None, "invalid first seed", expected="an integer >= 0", found=repr(seed_start)))
+    if variety not in VARIETIES:
+        raise InputError(describe(None, "unknown demo variety", expected=" | ".join(VARIETIES), found=repr(variety)))
     p = params or DemoParams()
     root = Path(out_dir)
     seeds = list(range(int(seed_start), int(seed_start) + int(n_subjects)))
@@ -537,12 +621,12 @@ def make_demo_cohort(
     subjects: list[dict[str, object]] = []
     if jobs == 1:
         for done, s in enumerate(seeds, start=1):
-            subjects.append(_make_and_write(s, p, root, overwrite))
+            subjects.append(_make_and_write(s, p, root, overwrite, variety))
             if progress is not None:
                 progress(done, len(seeds))
     else:
         with ProcessPoolExecutor(max_workers=min(int(jobs), len(seeds))) as pool:
-            futures = [pool.submit(_make_and_write, s, p, root, overwrite) for s in seeds]
+            futures = [pool.submit(_make_and_write, s, p, root, overwrite, variety) for s in seeds]
             for done, future in enumerate(as_completed(futures), start=1):
                 future.result()  # re-raise a worker's error here
                 if progress is not None:
@@ -571,6 +655,14 @@ def make_demo_cohort(
         "subjects": subjects,
         "notice": "MNI_NOTICE.txt",
     }
+    if variety != "none":  # a version-1 cohort's dataset.json stays as it was
+        meta["generator"].update({  # type: ignore[attr-defined]
+            "variety": variety,
+            "acquisition_version": ACQUISITION_VERSION,
+            "acquisition_ranges": asdict(AcquisitionRanges()),
+            "image_storage": "per subject: subjects[i].image_dtype (uint8, int16 with or without a slope, "
+                             "float32) and drawn.acquisition",
+        })
     with atomic_write(root / "MNI_NOTICE.txt", overwrite=overwrite) as tmp:
         tmp.write_text(_NOTICE_FILE_TEXT, encoding="utf-8")
     with atomic_write(root / "dataset.json", overwrite=overwrite) as tmp:

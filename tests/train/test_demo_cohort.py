@@ -1,6 +1,7 @@
 """The demo cohort: geometry, label plausibility, alignment, determinism, files and notice.
 
-Generating one subject takes about 2 s on one core; this module generates three.
+Generating one subject takes about 2 s on one core; this module generates six (three of them
+with an acquisition: another field of view, spacing, background and storage).
 """
 
 from __future__ import annotations
@@ -13,8 +14,11 @@ import numpy as np
 import pytest
 
 from ossnet_deploy.errors import DependencyError, InputError, OutputExistsError
+from ossnet_deploy.geometry import labels_to_grid
 from ossnet_deploy.morphology import max_filter
+from ossnet_deploy.preprocess import prepare_volume, preprocess_preset
 from ossnet_train import demo_cohort
+from ossnet_train.acquisition import Acquisition, draw_acquisition
 from ossnet_train.datasets import make_dataset
 from ossnet_train.demo_cohort import (
     GENERATOR_VERSION,
@@ -172,3 +176,86 @@ def test_bspline_taps_partition_unity_and_field_rms() -> None:
         for s in range(20)
     ])
     assert abs(np.sqrt(mean_square) - 2.0) < 0.2
+
+
+# ------------------------------------------------------------------------ acquisition variety
+
+
+def _assert_same_anatomy(acquired: DemoSubject, subject: DemoSubject) -> None:
+    """Every voxel of ``acquired`` holds the label of the template-grid voxel nearest to its world
+    position in the version-1 ``subject`` of the same seed (same warp), and 0 outside that grid."""
+    shape = acquired.label.shape
+    ijk = np.stack(np.meshgrid(*(np.arange(n) for n in shape), indexing="ij"), axis=-1).reshape(-1, 3)
+    world = ijk @ acquired.affine[:3, :3].T + acquired.affine[:3, 3]
+    src = world @ np.linalg.inv(subject.affine[:3, :3]).T - np.linalg.inv(subject.affine[:3, :3]) @ subject.affine[:3, 3]
+    src = np.floor(src + 0.5 + 1e-6).astype(np.int64)  # ties (1.5 mm) go to the higher index
+    inside = np.all((src >= 0) & (src < np.array(subject.label.shape)), axis=1)
+    expected = np.zeros(len(src), dtype=np.uint8)
+    expected[inside] = subject.label[tuple(src[inside].T)]
+    np.testing.assert_array_equal(acquired.label.reshape(-1), expected)
+    assert acquired.label.sum() > 0
+
+
+ZERO_CROP_15 = Acquisition(
+    background="zero", mask_dilation_vox=2, fov="crop", crop_margin_mm=(3.0, 0.0, 9.0, 15.0, 6.0, 1.0),
+    zero_pad_mm=(0.0, 4.0, 0.0, 10.0, 0.0, 2.0), spacing_mm=(1.5, 1.5, 1.5), storage="uint8", gamma=1.3,
+    contrast_knots=(0.3, 0.7), bias_log_rms=0.05, noise_fraction=0.02,
+)
+
+
+def test_zero_background_crop_at_1_5_mm_in_uint8(subject: DemoSubject, tmp_path: Path) -> None:
+    acquired = make_demo_subject(SEED, acquisition=ZERO_CROP_15)
+    _assert_same_anatomy(acquired, subject)
+    np.testing.assert_allclose(np.sqrt((acquired.affine[:3, :3] ** 2).sum(axis=0)), 1.5)
+    image, label = acquired.image, acquired.label.astype(bool)
+    assert acquired.dtype == "uint8" and image.max() == 255.0 and np.array_equal(image, np.rint(image))
+    assert np.all(image[label] > 0)
+    assert np.all(image[-7:] == 0) and np.all(image[:, :3] == 0)  # the zero padding (10 mm, 4 mm)
+    assert 0.3 < float((image == 0).mean()) < 0.8  # zero background outside the brain
+    # Image and label stay aligned at the new spacing.
+    aligned = _contrast(image, label)
+    for axis in range(3):
+        for shift in (-1, 1):
+            assert _contrast(image, np.roll(label, shift, axis=axis)) < aligned
+    # Written and read back as the training data reader sees it; the demo preprocessing places it.
+    write_subject(acquired, tmp_path)
+    stored = nib.load(tmp_path / "imagesTr" / "demo_0005_0000.nii.gz")
+    assert stored.get_data_dtype() == np.uint8
+    case = make_dataset("demo", tmp_path)[0]
+    np.testing.assert_array_equal(case.data[0], image)
+    np.testing.assert_array_equal(case.label, acquired.label)
+    np.testing.assert_allclose(case.affine, acquired.affine, atol=1e-6)
+    prepared = prepare_volume(case.data, case.affine, preprocess_preset("demo"))
+    grid_label = labels_to_grid(case.label, prepared.placement)
+    assert grid_label.sum() == pytest.approx(label.sum() * 1.5**3, rel=0.1)
+
+
+def test_rician_full_view_thick_slices_in_float32(subject: DemoSubject) -> None:
+    acq = Acquisition(background="noise", fov="full", placement=(0.1, 0.9, 0.5), max_placement_mm=20.0,
+                      spacing_mm=(1.0, 3.0, 1.0), storage="float32", gain=0.01, gamma=0.7, bias_log_rms=0.3,
+                      noise_fraction=0.05)
+    acquired = make_demo_subject(SEED, acquisition=acq)
+    _assert_same_anatomy(acquired, subject)
+    assert acquired.image.shape == (197, 78, 189) and acquired.dtype == "float32"
+    assert not np.array_equal(acquired.affine[:3, 3], subject.affine[:3, 3])  # placed, not the template's FOV
+    assert float(acquired.image.min()) > 0.0  # Rician noise over the whole field of view
+    assert 0.001 < float(acquired.image.max()) < 0.05  # gain 0.01 on a full scale of about 1
+    assert acquired.drawn["acquisition"]["storage"] == "float32"
+
+
+def test_variety_cohort_records_each_acquisition(subject: DemoSubject, tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="unknown demo variety"):
+        make_demo_cohort(tmp_path / "bad", 1, SEED, variety="scanner")
+    out = tmp_path / "variety"
+    assert make_demo_cohort(out, 1, SEED, variety="acquisition") == ["demo_0005"]
+    meta = json.loads((out / "dataset.json").read_text(encoding="utf-8"))
+    assert meta["generator"]["variety"] == "acquisition" and meta["generator"]["acquisition_version"] >= 1
+    record = meta["subjects"][0]
+    drawn = draw_acquisition(SEED).to_dict()
+    assert {k: record["drawn"]["acquisition"][k] for k in drawn} == drawn
+    img = nib.load(out / "imagesTr" / "demo_0005_0000.nii.gz")
+    assert list(img.shape) == record["shape"] and img.get_data_dtype() == np.dtype(record["image_dtype"])
+    np.testing.assert_allclose(img.header.get_zooms(), record["spacing_mm"], atol=1e-6)
+    case = make_dataset("demo", out)[0]
+    acquired = DemoSubject("demo_0005", SEED, case.data[0], case.label, case.affine, 1.0, {})
+    _assert_same_anatomy(acquired, subject)

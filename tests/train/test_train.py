@@ -221,10 +221,11 @@ def test_global_volume_is_recomputed_from_the_augmented_grid(tmp_path: Path) -> 
         return TrainingSamples(cache, SampleConfig(points=8, augment=augment), seed=1, length=1)[0]["volume"]
 
     np.testing.assert_array_equal(volume(None), global_pool(static.padded))
-    flip_only = AugmentConfig(flip_axes=(0,), flip_p=1.0, brightness_p=0.0, noise_p=0.0)
+    flip_only = AugmentConfig(flip_axes=(0,), flip_p=1.0, brightness_p=0.0, noise_p=0.0, gamma_p=0.0)
     flipped = global_pool(np.ascontiguousarray(np.flip(static.padded, axis=1)))
     np.testing.assert_array_equal(volume(flip_only), flipped)
-    noisy = volume(AugmentConfig(flip_axes=(0,), flip_p=1.0, brightness_p=0.0, noise_p=1.0))
+    noisy = volume(AugmentConfig(flip_axes=(0,), flip_p=1.0, brightness_p=0.0, noise_p=1.0, gamma_p=0.0,
+                                 noise_sigma=0.15))
     # Mean pooling of 8 noise voxels of sigma 0.15 leaves sigma 0.053 on the global volume.
     assert float(np.std(noisy - flipped)) == pytest.approx(0.15 / math.sqrt(8), rel=0.1)
 

@@ -100,16 +100,20 @@ def test_make_demo_data_passes_its_options(monkeypatch: pytest.MonkeyPatch, tmp_
 
     calls = []
 
-    def fake(out_dir: object, n: int, seed_start: int, *, overwrite: bool, progress: object, jobs: int) -> list[str]:
-        calls.append((Path(str(out_dir)), n, seed_start, overwrite, jobs))
+    def fake(out_dir: object, n: int, seed_start: int, *, overwrite: bool, progress: object, jobs: int,
+             variety: str) -> list[str]:
+        calls.append((Path(str(out_dir)), n, seed_start, overwrite, jobs, variety))
         return [f"demo_{seed_start + i:04d}" for i in range(n)]
 
     monkeypatch.setattr(demo, "make_demo_cohort", fake)
     result = CliRunner().invoke(cli.main, ["make-demo-data", str(tmp_path / "d"), "--subjects", "3",
                                            "--seed-start", "1000", "--overwrite", "--jobs", "2"])
     assert result.exit_code == 0, result.output
-    assert calls == [(tmp_path / "d", 3, 1000, True, 2)]
     assert "wrote 3 subjects" in result.output
+    result = CliRunner().invoke(cli.main, ["make-demo-data", str(tmp_path / "e"), "--subjects", "1",
+                                           "--variety", "acquisition"])
+    assert result.exit_code == 0, result.output
+    assert calls == [(tmp_path / "d", 3, 1000, True, 2, "none"), (tmp_path / "e", 1, 1000, False, 1, "acquisition")]
 
 
 def test_fit_then_evaluate(tmp_path: Path) -> None:
