@@ -164,8 +164,12 @@ def _same_file(a: Path, b: Path) -> bool:
 
 
 def _run_job(job: _Job, segmenter: Segmenter, *, fit: str, overwrite: bool, preview: bool,
-             progress: Any, console: _Console) -> SegmentationStats:
-    """Segment one case and write its outputs; returns its statistics."""
+             progress: Any, console: _Console, fail_on_warning: bool = False) -> SegmentationStats:
+    """Segment one case and write its outputs; returns its statistics.
+
+    With ``fail_on_warning``, a case whose input or output the domain checks flag raises
+    :class:`InputError` and nothing is written for it.
+    """
     import numpy as np
 
     from ossnet_deploy.errors import OutputExistsError
@@ -193,6 +197,11 @@ def _run_job(job: _Job, segmenter: Segmenter, *, fit: str, overwrite: bool, prev
     reset_peak_rss()  # this case's peak, not the run's (the CLI owns the process)
     labels_img, stats = segmenter.segment_with_stats(image, fit=fit, progress=progress,
                                                      on_read=keep_preview_grey if preview else None)
+    if fail_on_warning and stats.warnings:
+        raise InputError(describe(case.files[0], "the input or its segmentation lies outside what the model knows; "
+                                  "nothing was written (--fail-on-warning)", found=" / ".join(stats.warnings),
+                                  fix="check the input; without --fail-on-warning the result is written with "
+                                      "these warnings"))
     started = time.perf_counter()
     save_image(labels_img, job.output, overwrite=overwrite)
     if preview:
@@ -281,6 +290,9 @@ class _StageBar:
               help="Process part K of --num-parts: case i goes to part i % num_parts.")
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs (default: skip finished cases).")
 @click.option("--preview", is_flag=True, help="Also write <name>.png: three slices with the outline.")
+@click.option("--fail-on-warning", is_flag=True,
+              help="A case whose input or output lies far outside the model's training domain (e.g. an empty "
+                   "segmentation, another modality) fails and writes nothing, instead of a warning.")
 @click.option("--disable-progress-bar", is_flag=True, help="No progress bars (they are off anyway without a TTY).")
 @click.option("-q", "--quiet", is_flag=True, help="Print errors only.")
 @click.option("-v", "--verbose", is_flag=True, help="Tracebacks with errors, stage times per volume.")
@@ -302,6 +314,7 @@ def main(
     part_id: int,
     overwrite: bool,
     preview: bool,
+    fail_on_warning: bool,
     disable_progress_bar: bool,
     quiet: bool,
     verbose: bool,
@@ -321,7 +334,8 @@ def main(
         raise click.UsageError("no input given (-i PATH)")
     with _warnings_as_lines(console):
         ctx.exit(_segment_all(paths, output, model_dir, device, precision, mode, interpolation_margin, max_queries,
-                              threads, fit, num_parts, part_id, overwrite, preview, disable_progress_bar, console))
+                              threads, fit, num_parts, part_id, overwrite, preview, disable_progress_bar, console,
+                              fail_on_warning=fail_on_warning))
 
 
 def _load(model_dir: Path | None, device: str, precision: str, mode: str, interpolation_margin: float | None,
@@ -342,7 +356,8 @@ def _load(model_dir: Path | None, device: str, precision: str, mode: str, interp
 
 def _segment_all(paths: list[Path], output: Path, model_dir: Path | None, device: str, precision: str, mode: str,
                  interpolation_margin: float | None, max_queries: int | None, threads: int | None, fit: str, num_parts: int, part_id: int,
-                 overwrite: bool, preview: bool, disable_progress_bar: bool, console: _Console) -> int:
+                 overwrite: bool, preview: bool, disable_progress_bar: bool, console: _Console, *,
+                 fail_on_warning: bool = False) -> int:
     from tqdm import tqdm
 
     from ossnet_deploy.inputs import shard
@@ -376,7 +391,7 @@ def _segment_all(paths: list[Path], output: Path, model_dir: Path | None, device
                 continue
             try:
                 stats = _run_job(job, segmenter, fit=fit, overwrite=overwrite, preview=preview,
-                                 progress=stage_bar, console=console)
+                                 progress=stage_bar, console=console, fail_on_warning=fail_on_warning)
             except DependencyError as exc:
                 console.error(str(exc), exc)
                 return EXIT_DEPENDENCY
@@ -391,7 +406,7 @@ def _segment_all(paths: list[Path], output: Path, model_dir: Path | None, device
                               "the traceback)", exc)
                 rows.append(_Row(name, "failed"))
                 continue
-            rows.append(_Row(name, "done", stats))
+            rows.append(_Row(name, "warned" if stats.warnings else "done", stats))
             line = f"{name}: {stats.summary()} -> {job.output}"
             if console.verbose:
                 line += "\n  " + ", ".join(f"{stage} {seconds:.2f}s" for stage, seconds in stats.stage_seconds)

@@ -37,6 +37,7 @@ __all__ = [
     "canonical_orientation",
     "canonical_voxel_sizes",
     "centred_offset",
+    "erode",
     "foreground_bbox",
     "foreground_mask",
     "from_canonical",
@@ -364,6 +365,23 @@ def tissue_mask(vol: np.ndarray, fraction: float, *, block: int = TISSUE_BLOCK) 
         # A lone voxel above the threshold is noise (a Rayleigh tail), not tissue.
         np.logical_or(mask, voxels & _grow(voxels, keep_centre=False), out=mask)
     return mask
+
+
+def erode(mask: np.ndarray, steps: int) -> np.ndarray:
+    """``mask`` eroded ``steps`` times by its 6 face neighbours (voxels outside the array count as
+    background), so the result is the part at least ``steps`` voxels inside."""
+    outside = ~mask
+    for _ in range(steps):
+        outside = _grow(outside)
+    inner = mask & ~outside
+    # The array's own border is outside too.
+    for axis in range(3):
+        edge = [slice(None)] * 3
+        edge[axis] = slice(0, min(steps, mask.shape[axis]))
+        inner[tuple(edge)] = False
+        edge[axis] = slice(max(mask.shape[axis] - steps, 0), None)
+        inner[tuple(edge)] = False
+    return inner
 
 
 def _grow(mask: np.ndarray, *, keep_centre: bool = True) -> np.ndarray:

@@ -36,6 +36,7 @@ __all__ = [
     "DECODER_OUTPUTS",
     "ENCODER_INPUTS",
     "FORMAT_VERSION",
+    "KEY_DOMAIN",
     "KEY_FORMAT_VERSION",
     "KEY_IO",
     "KEY_LABELS",
@@ -53,6 +54,7 @@ __all__ = [
     "LOGITS",
     "METADATA_KEYS",
     "NUM_QUERIES",
+    "OPTIONAL_METADATA_KEYS",
     "PATCHES",
     "PRODUCER_NAME",
     "ROLES",
@@ -121,6 +123,9 @@ KEY_IO = KEY_PREFIX + "io"
 KEY_SCHEDULER = KEY_PREFIX + "scheduler"
 KEY_PARITY = KEY_PREFIX + "parity"
 KEY_PROVENANCE = KEY_PREFIX + "provenance"
+#: Optional (omitted when absent; runtimes that predate it ignore it): the training inputs'
+#: profile range, ``ossnet_deploy.domain.ModelDomain.to_dict()``.
+KEY_DOMAIN = KEY_PREFIX + "domain"
 METADATA_KEYS: tuple[str, ...] = (
     KEY_FORMAT_VERSION,
     KEY_ROLE,
@@ -135,6 +140,9 @@ METADATA_KEYS: tuple[str, ...] = (
     KEY_PARITY,
     KEY_PROVENANCE,
 )
+
+#: Keys a graph may carry or omit (absent = the field's default); readers ignore unknown ones.
+OPTIONAL_METADATA_KEYS: tuple[str, ...] = (KEY_DOMAIN,)
 
 ROLE_ENCODER = "encoder"
 ROLE_DECODER = "decoder"
@@ -406,6 +414,8 @@ class GraphMetadata:
         scheduler: facts about the model that the query scheduler needs.
         parity: measured export errors (torch vs ONNX Runtime).
         provenance: checkpoint sha256, git commit, torch/onnx/opset versions.
+        domain: what the training inputs looked like (``ModelDomain.to_dict()``), or None; only
+            the encoder needs it, and older runtimes ignore the key.
     """
 
     format_version: int
@@ -420,10 +430,13 @@ class GraphMetadata:
     scheduler: SchedulerFacts
     parity: dict[str, Any] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
+    domain: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         for name in ("model_config", "preprocess", "labels", "parity", "provenance"):
             object.__setattr__(self, name, _canonical(getattr(self, name), f"GraphMetadata.{name}"))
+        if self.domain is not None:
+            object.__setattr__(self, "domain", _canonical(self.domain, "GraphMetadata.domain"))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form: field name -> plain value."""
@@ -440,6 +453,7 @@ class GraphMetadata:
             "scheduler": self.scheduler.to_dict(),
             "parity": self.parity,
             "provenance": self.provenance,
+            **({} if self.domain is None else {"domain": self.domain}),
         }
 
     def to_props(self) -> dict[str, str]:
@@ -494,6 +508,7 @@ class GraphMetadata:
                 scheduler=scheduler,
                 parity=_expect_dict(_take(data, "parity", "metadata"), "parity"),
                 provenance=_expect_dict(_take(data, "provenance", "metadata"), "provenance"),
+                domain=None if data.get("domain") is None else _expect_dict(data["domain"], "domain"),
             )
         except _SchemaError as exc:
             raise _invalid(source, "malformed ossnet metadata", found=str(exc)) from None
@@ -535,6 +550,8 @@ class GraphMetadata:
                 fix=f"re-export it with `ossnet-export CHECKPOINT` ({_UPGRADE_FIX} if this ossnet is older)",
             )
         data = {key[len(KEY_PREFIX) :]: _decode_prop(key, ours[key], source) for key in METADATA_KEYS}
+        if KEY_DOMAIN in ours:
+            data["domain"] = _decode_prop(KEY_DOMAIN, ours[KEY_DOMAIN], source)
         return cls.from_dict(data, source)
 
 

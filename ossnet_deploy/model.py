@@ -25,6 +25,7 @@ import numpy as np
 
 from ossnet_deploy.backends.base import Backend
 from ossnet_deploy.devices import DeviceRequest, parse_device, warn_once
+from ossnet_deploy.domain import ModelDomain
 from ossnet_deploy.errors import InputError, ModelFormatError, describe
 from ossnet_deploy.metadata import (
     COARSE_LOGITS,
@@ -154,6 +155,22 @@ def _preprocess_of(encoder: Backend, encoder_meta: GraphMetadata) -> PreprocessC
         ) from None
 
 
+def _domain_of(encoder: Backend, encoder_meta: GraphMetadata, preprocess: PreprocessConfig) -> ModelDomain | None:
+    """The training inputs' domain the encoder's metadata records, or None (older exports)."""
+    if encoder_meta.domain is None:
+        return None
+    try:
+        domain = ModelDomain.from_dict(encoder_meta.domain)
+    except ValueError as exc:
+        raise ModelFormatError(describe(encoder.path, "the model's domain metadata is invalid", found=str(exc),
+                                        fix="re-export the model with this version of ossnet-export")) from None
+    if domain.channels != tuple(preprocess.channels):
+        raise ModelFormatError(describe(encoder.path, "the model's domain metadata names other channels",
+                                        expected=str(list(preprocess.channels)), found=str(list(domain.channels)),
+                                        fix="re-export the model"))
+    return domain
+
+
 class ModelPair:
     """An encoder and a decoder graph that belong together, opened and checked.
 
@@ -167,6 +184,7 @@ class ModelPair:
     Attributes:
         preprocess: the preprocessing the model was trained with.
         uses_patches: the decoder takes local patches (every variant but O-Net).
+        domain: what its training inputs looked like (``ossnet.domain``), or None.
 
     Raises:
         ModelFormatError: the two graphs are not one exported pair, a graph's inputs/outputs
@@ -200,6 +218,7 @@ class ModelPair:
         self.decoder_meta = decoder_meta
         self.preprocess = preprocess
         self.folder = folder
+        self.domain = _domain_of(encoder, encoder_meta, preprocess)
 
     @classmethod
     def open(

@@ -208,12 +208,14 @@ class VolumeResult:
 
     Attributes:
         labels: uint8 ``(X, Y, Z)`` in the stored axis order of the input.
+        grid_label_voxels: labelled voxels on the model grid (at the model's spacing).
         stats: the scheduler's statistics.
         stage_seconds: ``(stage, wall seconds)`` in run order: ``encode``, every scheduler
             stage, ``restore``.
     """
 
     labels: np.ndarray
+    grid_label_voxels: int
     stats: SchedulerStats
     stage_seconds: tuple[tuple[str, float], ...]
 
@@ -249,4 +251,4 @@ def segment_prepared(
         *((s.name, s.seconds) for s in result.stats.stages),
         ("restore", restore_seconds),
     )
-    return VolumeResult(labels, result.stats, stages)
+    return VolumeResult(labels, int(np.count_nonzero(result.labels)), result.stats, stages)

@@ -25,12 +25,14 @@ from typing import Any
 import numpy as np
 
 from ossnet_deploy.bias_field import correct_bias
+from ossnet_deploy.domain import RIM_VOXELS, InputProfile, profile_channels
 from ossnet_deploy.errors import InputError, describe
 from ossnet_deploy.geometry import (
     Placement,
     canonical_orientation,
     canonical_voxel_sizes,
     centred_offset,
+    erode,
     foreground_bbox,
     foreground_mask,
     resample_linear,
@@ -536,6 +538,7 @@ class PreparedVolume:
         pad_values: ``(C,)`` float32: normalised ``background_raw`` per channel.
         placement: how the stored input maps onto the grid (see :class:`Placement`).
         stats: the intensity normalisation that was applied.
+        profile: the normalised input summarised for the domain checks (``ossnet_deploy.domain``).
     """
 
     padded: np.ndarray
@@ -543,6 +546,7 @@ class PreparedVolume:
     pad_values: np.ndarray
     placement: Placement
     stats: IntensityStats
+    profile: InputProfile | None = None
 
     @property
     def region(self) -> tuple[slice, slice, slice]:
@@ -700,6 +704,7 @@ def prepare_volume(
     src = _source(source)
     check_fit(fit)
     vol = _check_image(data, config, src, finite_checked=finite_checked)
+    negative = float(np.count_nonzero(vol < 0) / vol.size) if vol.dtype.kind in "if" else 0.0
     shift3 = _check_shift(shift, config)
     ornt = canonical_orientation(affine, source=src)
     canon = to_canonical(vol, ornt)
@@ -715,8 +720,9 @@ def prepare_volume(
         padded = resample_linear(canon, config.shape)
         mask = foreground_of(padded, config) if use_mask else None
         stats = intensity_stats(padded, mask, config, source=src)
-        del mask
         apply_intensity(padded, stats)
+        profile = _profile(padded, mask, negative)
+        del mask
         pads = padding_values(stats, config)
         placement = Placement(
             stored_shape=stored_shape, ornt=ornt_tuple, canonical_shape=canonical_shape,
@@ -737,7 +743,6 @@ def prepare_volume(
             grid_shape=config.shape,
         )
         stats = intensity_stats(resampled, mask if use_mask else None, config, source=src)
-        del mask
         pads = padding_values(stats, config)
         padded = np.empty((n_channels, *config.shape), dtype=np.float32)
         region, src_region = placement.region, placement.source_region
@@ -747,6 +752,40 @@ def prepare_volume(
             target[...] = resampled[c][src_region]
             _apply_channel(target, stats, c)
         del resampled
+        region = placement.region
+        profile = _profile(padded[(slice(None), *region)], mask[placement.source_region], negative)
+        del mask
 
     global_volume = global_pool(padded, config.global_downsample)
-    return PreparedVolume(padded=padded, global_volume=global_volume, pad_values=pads, placement=placement, stats=stats)
+    return PreparedVolume(padded=padded, global_volume=global_volume, pad_values=pads, placement=placement, stats=stats,
+                          profile=profile)
+
+
+def _profile(normalised: np.ndarray, mask: np.ndarray | None, negative_fraction: float) -> InputProfile:
+    """The :class:`InputProfile` of a normalised ``(C, ...)`` input and its foreground mask
+    (None or empty: the whole input); ``negative_fraction`` comes from the raw input.
+
+    Intensities are read on every other voxel per axis (an eighth of them: the profile costs
+    ~0.1 s on a 1 mm head instead of ~0.5 s); the rim is :data:`RIM_VOXELS` of those deep.
+    """
+    voxels = int(np.prod(normalised.shape[1:]))
+    foreground = int(np.count_nonzero(mask)) if mask is not None else voxels
+    stride = (slice(None, None, 2),) * 3
+    use = mask[stride] if mask is not None and foreground > 0 else None
+    if use is not None and not use.any():
+        use = None
+    n_channels = normalised.shape[0]
+    values = [normalised[c][stride][use] if use is not None else normalised[c][stride].reshape(-1)
+              for c in range(n_channels)]
+    quantiles = profile_channels(values, (0.0,) * n_channels, (1.0,) * n_channels)
+    rims: list[float] = []
+    core = erode(use, RIM_VOXELS) if use is not None else None
+    rim = use & ~core if use is not None and core is not None else None
+    for c in range(n_channels):
+        if rim is None or core is None or not rim.any() or not core.any():
+            rims.append(0.0)
+        else:
+            channel = normalised[c][stride]
+            rims.append(float(channel[rim].mean(dtype=np.float64) - channel[core].mean(dtype=np.float64)))
+    return InputProfile(quantiles, rim_contrast=tuple(rims), negative_fraction=negative_fraction,
+                        foreground_voxels=foreground if mask is not None else voxels, input_voxels=voxels)

@@ -36,6 +36,7 @@ import nibabel as nib
 import numpy as np
 
 from ossnet_deploy.backends.base import Backend
+from ossnet_deploy.domain import DomainWarning, check_input, check_output
 from ossnet_deploy.errors import InputError, describe
 from ossnet_deploy.inputs import ImageLike, VolumeInput, resolve_volume
 from ossnet_deploy.memory import peak_rss_bytes
@@ -122,6 +123,9 @@ class SegmentationStats:
             None. Per process: a caller that wants one call's peak resets it first
             (``ossnet_deploy.memory.reset_peak_rss``; the CLI does so per case).
         scheduler: the scheduler's own statistics.
+        warnings: the domain checks' findings (``ossnet_deploy.domain``): the input or the output
+            lies far outside what the model saw in training; each was also emitted as a
+            :class:`~ossnet_deploy.domain.DomainWarning`. Empty when all is plausible.
     """
 
     source: str
@@ -134,6 +138,7 @@ class SegmentationStats:
     stage_seconds: tuple[tuple[str, float], ...]
     peak_rss_bytes: int | None
     scheduler: SchedulerStats | None = field(default=None, compare=False)
+    warnings: tuple[str, ...] = ()
 
     @property
     def total_queries(self) -> int:
@@ -440,12 +445,19 @@ class Segmenter:
         prepared = prepare_volume(volume.data, volume.affine, self.preprocess, fit=fit, source=source,
                                   finite_checked=True)
         del volume  # the raw input is not needed any more; only the padded grid stays
+        findings: list[str] = []
+        if prepared.profile is not None and self.pair.domain is not None:
+            findings += check_input(prepared.profile, self.pair.domain)
         prepared_at = time.perf_counter()
         if progress is not None:
             progress("prepare", 1, 1)
         region_shape = _shape3(tuple(s.stop - s.start for s in prepared.region))
         result = segment_prepared(prepared, self.preprocess, self.pair, self.scheduler_config, source=source,
                                   progress=progress)
+        if prepared.profile is not None:
+            findings += check_output(result.grid_label_voxels, prepared.profile, self.pair.domain)
+        for finding in findings:
+            warnings.warn(f"{source}: {finding}", DomainWarning, stacklevel=2)
         del prepared
         wrap_started = time.perf_counter()
         output = labels_image(result.labels, reference)
@@ -459,6 +471,7 @@ class Segmenter:
             input_shape=input_shape, region_shape=region_shape,
             stage_queries=tuple((s.name, s.queries) for s in stages),
             stage_seconds=tuple(stage_seconds), peak_rss_bytes=peak_rss_bytes(), scheduler=result.stats,
+            warnings=tuple(findings),
         )
         return output, stats
 

@@ -187,6 +187,7 @@ class LoadedCheckpoint:
         model: the OSS-Net with its weights, eval mode, CPU, float32.
         preprocess: its preprocessing.
         labels: label value -> name (``{"1": "foreground"}`` unless the checkpoint says).
+        domain: what the training inputs looked like (``provenance["domain"]``), or None.
         sha256: sha256 of the checkpoint file.
     """
 
@@ -194,6 +195,7 @@ class LoadedCheckpoint:
     model: nn.Module
     preprocess: PreprocessConfig
     labels: dict[str, str]
+    domain: dict[str, Any] | None
     sha256: str
 
 
@@ -241,7 +243,9 @@ def load_checkpoint(path: str | os.PathLike[str]) -> LoadedCheckpoint:
         ) from None
     check_exportable(config, preprocess, source)
     model.float().eval()
-    return LoadedCheckpoint(source, model, preprocess, _labels(stored.provenance), sha256_file(source))
+    domain = stored.provenance.get("domain")
+    return LoadedCheckpoint(source, model, preprocess, _labels(stored.provenance),
+                            domain if isinstance(domain, dict) else None, sha256_file(source))
 
 
 def check_exportable(config: ModelConfig, preprocess: PreprocessConfig, source: str | os.PathLike[str] | None) -> None:
@@ -458,6 +462,7 @@ def graph_metadata(
     labels: Mapping[str, str],
     parity: dict[str, Any],
     provenance: dict[str, Any],
+    domain: Mapping[str, Any] | None = None,
 ) -> GraphMetadata:
     """The metadata of one graph (docs/design.md#model-files-and-metadata); ``weights_id`` is :func:`pair_id`."""
     return GraphMetadata(
@@ -478,6 +483,8 @@ def graph_metadata(
         ),
         parity=parity,
         provenance=provenance,
+        # Only the encoder carries the training domain (the runtime reads it from there).
+        domain=dict(domain) if domain is not None and role == ROLE_ENCODER else None,
     )
 
 
@@ -517,6 +524,7 @@ def export_model(
     checkpoint: Path | None = None,
     checkpoint_sha256: str | None = None,
     progress: Progress | None = None,
+    domain: Mapping[str, Any] | None = None,
 ) -> ExportResult:
     """Export, verify and describe ``model`` into the folder ``destination`` (atomically).
 
@@ -597,7 +605,8 @@ def export_model(
         files: dict[str, int] = {}
         for spec in (encoder_spec, decoder_spec):
             meta = graph_metadata(spec.role, spec.io, config, preprocess, weights_id=weights_id,
-                                  labels=labels or _DEFAULT_LABELS, parity=parity, provenance=provenance)
+                                  labels=labels or _DEFAULT_LABELS, parity=parity, provenance=provenance,
+                                  domain=domain)
             _stamp(protos[spec.role], meta)
             files[paths[spec.role].name] = _save(protos[spec.role], paths[spec.role])
             metadata[spec.role] = meta
@@ -667,7 +676,8 @@ def export_checkpoint(
     loaded = load_checkpoint(checkpoint)
     out = Path(destination) if destination is not None else default_output_dir(loaded.path)
     return export_model(loaded.model, loaded.preprocess, out, options=options, labels=loaded.labels,
-                        checkpoint=loaded.path, checkpoint_sha256=loaded.sha256, progress=progress)
+                        checkpoint=loaded.path, checkpoint_sha256=loaded.sha256, progress=progress,
+                        domain=loaded.domain)
 
 
 # ----------------------------------------------------------------------------------------

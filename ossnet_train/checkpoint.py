@@ -133,6 +133,7 @@ def save_checkpoint(
     *,
     training: Mapping[str, Any] | None = None,
     labels: Mapping[str, str] | None = None,
+    domain: Mapping[str, Any] | None = None,
     overwrite: bool = False,
 ) -> Path:
     """Write ``model`` (its ``config`` and weights) and ``preprocess`` to one ``.pt`` file.
@@ -147,6 +148,8 @@ def save_checkpoint(
             ``provenance["training"]``.
         labels: output label value -> name (e.g. ``{"1": "white_matter"}``), stored under
             ``provenance["labels"]``; the exporter writes them into the graphs' metadata.
+        domain: what the training inputs looked like (``ossnet_deploy.domain.ModelDomain.to_dict()``),
+            stored under ``provenance["domain"]``; the exporter writes it into the encoder's metadata.
         overwrite: replace an existing file.
 
     Returns:
@@ -173,6 +176,8 @@ def save_checkpoint(
     }
     if labels is not None:
         provenance["labels"] = {str(value): str(name) for value, name in labels.items()}
+    if domain is not None:
+        provenance["domain"] = dict(domain)
     state = {name: tensor.detach().to("cpu", copy=True).contiguous() for name, tensor in model.state_dict().items()}
     payload = {
         "checkpoint_format": CHECKPOINT_FORMAT,

@@ -66,6 +66,7 @@ from ossnet_train.optim import (
     build_optimizer,
 )
 from ossnet_train.registry import build_model
+from ossnet_train.training_domain import measure_domain
 from ossnet_train.unet import UNetConfig
 from ossnet_train.validate import ValidationResult, validate
 
@@ -519,6 +520,13 @@ def fit(cfg: TrainConfig, *, log: Callable[[str], None] | None = None) -> FitRes
                                   expected=f"{len(preprocess.channels)} channel(s) {list(preprocess.channels)}",
                                   found=f"{len(train_set.channel_names)} channel(s) {list(train_set.channel_names)}",
                                   fix="choose the preset of this data (or override its channels)"))
+    if cfg.arch == "ossnet":
+        # What the training inputs look like, for the runtime's input and output warnings
+        # (docs/design.md#input-and-output-checks); through the runtime's own preprocessing.
+        domain: dict[str, Any] | None = measure_domain(train_set, preprocess, log=say).to_dict()
+        say(f"domain: {len(train_set)} training case(s) profiled")
+    else:
+        domain = None
 
     torch.manual_seed(cfg.seed)
     model = build_model(model_cfg).to(device)
@@ -565,7 +573,7 @@ def fit(cfg: TrainConfig, *, log: Callable[[str], None] | None = None) -> FitRes
 
     def save(name: str, step: int) -> None:
         _save_training_state(run / name, cfg, model, preprocess, optimizer, scaler, clipper, step,
-                             best_dice, best_step, plan)
+                             best_dice, best_step, plan, domain=domain)
 
     def run_validation(step: int) -> ValidationResult | None:
         nonlocal best_dice, best_step
@@ -682,11 +690,12 @@ def _state_name(step: int) -> str:
 def _save_training_state(path: Path, cfg: TrainConfig, model: nn.Module, preprocess: PreprocessConfig,
                          optimizer: Lookahead, scaler: torch.amp.GradScaler | None, clipper: GradientClipper,
                          step: int,
-                         best_dice: float | None, best_step: int | None, plan: BatchPlan) -> None:
+                         best_dice: float | None, best_step: int | None, plan: BatchPlan, *,
+                         domain: dict[str, Any] | None = None) -> None:
     facts: dict[str, Any] = {"step": step, "best_dice": best_dice, "best_step": best_step,
                              "train_config": cfg.to_dict(), "plan": dataclasses.asdict(plan)}
     if path.name != LAST:
-        checkpoint.save_checkpoint(path, model, preprocess, training=facts, overwrite=True)
+        checkpoint.save_checkpoint(path, model, preprocess, training=facts, domain=domain, overwrite=True)
         return
     state_path = path.with_name(_state_name(step))
     state = {
@@ -706,7 +715,7 @@ def _save_training_state(path: Path, cfg: TrainConfig, model: nn.Module, preproc
         except ModelFormatError:
             previous = None
     checkpoint.save_checkpoint(path, model, preprocess, training={**facts, "state_file": state_path.name},
-                               overwrite=True)
+                               domain=domain, overwrite=True)
     if previous and previous != state_path.name:
         path.with_name(previous).unlink(missing_ok=True)
 

@@ -200,6 +200,7 @@ def threshold_pair_metadata(
     pair_id: str = "0" * 64,
     variant: str = "ossnet_c",
     with_patches: bool = True,
+    domain: dict[str, object] | None = None,
 ) -> tuple[dict[str, str], dict[str, str]]:
     """``metadata_props`` of an encoder and a decoder exported together (ossnet metadata schema)."""
     from ossnet_deploy.metadata import FORMAT_VERSION, GraphMetadata, IOSpec, SchedulerFacts, TensorSpec
@@ -223,7 +224,7 @@ def threshold_pair_metadata(
     common = dict(format_version=FORMAT_VERSION, pair_id=pair_id, variant=variant, preset="test",
                   model_config={"latent": list(latent_shape)}, preprocess=config.to_dict(),
                   labels={"1": "bright"}, scheduler=facts, parity={}, provenance={"note": "synthetic"})
-    encoder = GraphMetadata(role="encoder", io=enc_io, **common)  # type: ignore[arg-type]
+    encoder = GraphMetadata(role="encoder", io=enc_io, domain=domain, **common)  # type: ignore[arg-type]
     decoder = GraphMetadata(role="decoder", io=dec_io, **common)  # type: ignore[arg-type]
     return encoder.to_props(), decoder.to_props()
 
@@ -237,6 +238,7 @@ def write_threshold_pair(
     decoder_pair_id: str | None = None,
     threshold: float = 0.0,
     latent_shape: tuple[int, int] = (6, 16),
+    domain: dict[str, object] | None = None,
 ) -> None:
     """Write ``encoder.onnx`` + ``decoder.onnx`` of the threshold model into ``folder``.
 
@@ -249,8 +251,8 @@ def write_threshold_pair(
 
     config = PreprocessConfig.from_dict(preprocess)
     coarse_shape = tuple(g // 4 for g in config.global_shape) if coarse else None
-    enc_props, _ = threshold_pair_metadata(preprocess, latent_shape=latent_shape,
-                                           coarse_shape=coarse_shape, pair_id=pair_id)  # type: ignore[arg-type]
+    enc_props, _ = threshold_pair_metadata(preprocess, latent_shape=latent_shape, coarse_shape=coarse_shape,
+                                           pair_id=pair_id, domain=domain)  # type: ignore[arg-type]
     _, dec_props = threshold_pair_metadata(preprocess, latent_shape=latent_shape, coarse_shape=coarse_shape,
                                            pair_id=decoder_pair_id or pair_id)  # type: ignore[arg-type]
     out = Path(str(folder))

@@ -169,8 +169,18 @@ def test_keys_are_prefixed_unique_and_cover_every_field():
     assert len(set(md.METADATA_KEYS)) == len(md.METADATA_KEYS) == 12
     assert all(key.startswith("ossnet.") for key in md.METADATA_KEYS)
     fields = {f.name for f in dataclasses.fields(md.GraphMetadata)}
-    assert {key.removeprefix("ossnet.") for key in md.METADATA_KEYS} == fields
-    assert set(make_meta().to_props()) == set(md.METADATA_KEYS)
+    keys = (*md.METADATA_KEYS, *md.OPTIONAL_METADATA_KEYS)
+    assert {key.removeprefix("ossnet.") for key in keys} == fields
+    assert set(make_meta().to_props()) == set(md.METADATA_KEYS)  # optional keys are omitted when absent
+
+
+def test_the_optional_domain_round_trips_and_is_omitted_when_absent():
+    domain = {"channels": ["t1"], "cases": 3}
+    with_domain = dataclasses.replace(make_meta(), domain=domain)
+    props = with_domain.to_props()
+    assert md.KEY_DOMAIN in props
+    assert md.GraphMetadata.from_props(props) == with_domain
+    assert md.GraphMetadata.from_props(make_meta().to_props()).domain is None
 
 
 # ----------------------------------------------------------------------------------------
