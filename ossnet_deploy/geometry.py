@@ -28,6 +28,7 @@ from nibabel.affines import voxel_sizes
 from nibabel.orientations import apply_orientation, io_orientation, ornt_transform
 
 from ossnet_deploy.errors import InputError, describe
+from ossnet_deploy.morphology import face_dilate
 
 __all__ = [
     "TISSUE_BLOCK",
@@ -37,7 +38,6 @@ __all__ = [
     "canonical_orientation",
     "canonical_voxel_sizes",
     "centred_offset",
-    "erode",
     "foreground_bbox",
     "foreground_mask",
     "from_canonical",
@@ -303,11 +303,13 @@ def foreground_mask(vol: np.ndarray, threshold: float) -> np.ndarray:
 
 def block_means(vol: np.ndarray, block: int) -> np.ndarray:
     """Means of ``block``^3 blocks of a 3D array (the last block per axis may be smaller), float64."""
-    out = np.asarray(vol, dtype=np.float64)
+    out = np.asarray(vol)
     counts = []
     for axis in range(3):
         starts = np.arange(0, out.shape[axis], block)
-        out = np.add.reduceat(out, starts, axis=axis)
+        # Accumulates in float64 without a float64 copy of the whole volume (the first pass
+        # already shrinks it by ``block``).
+        out = np.add.reduceat(out, starts, axis=axis, dtype=np.float64)
         counts.append(np.diff(np.append(starts, vol.shape[axis])))
     return out / (counts[0][:, None, None] * counts[1][None, :, None] * counts[2][None, None, :])
 
@@ -359,41 +361,12 @@ def tissue_mask(vol: np.ndarray, fraction: float, *, block: int = TISSUE_BLOCK) 
             continue
         threshold = fraction * ref
         # One block of margin, so that the object's rim is tissue wherever the block grid falls.
-        blocks = _grow(means > threshold)
+        blocks = face_dilate(means > threshold)
         grown = np.repeat(np.repeat(np.repeat(blocks, block, 0), block, 1), block, 2)[: shape[0], : shape[1], : shape[2]]
         voxels = grown & (vol[c] > threshold)
         # A lone voxel above the threshold is noise (a Rayleigh tail), not tissue.
-        np.logical_or(mask, voxels & _grow(voxels, keep_centre=False), out=mask)
+        np.logical_or(mask, voxels & face_dilate(voxels, keep_centre=False), out=mask)
     return mask
-
-
-def erode(mask: np.ndarray, steps: int) -> np.ndarray:
-    """``mask`` eroded ``steps`` times by its 6 face neighbours (voxels outside the array count as
-    background), so the result is the part at least ``steps`` voxels inside."""
-    outside = ~mask
-    for _ in range(steps):
-        outside = _grow(outside)
-    inner = mask & ~outside
-    # The array's own border is outside too.
-    for axis in range(3):
-        edge = [slice(None)] * 3
-        edge[axis] = slice(0, min(steps, mask.shape[axis]))
-        inner[tuple(edge)] = False
-        edge[axis] = slice(max(mask.shape[axis] - steps, 0), None)
-        inner[tuple(edge)] = False
-    return inner
-
-
-def _grow(mask: np.ndarray, *, keep_centre: bool = True) -> np.ndarray:
-    """``mask`` dilated by its 6 face neighbours (``keep_centre=False``: the neighbours alone)."""
-    out = mask.copy() if keep_centre else np.zeros_like(mask)
-    for axis in range(3):
-        lead = [slice(None)] * 3
-        trail = [slice(None)] * 3
-        lead[axis], trail[axis] = slice(1, None), slice(None, -1)
-        out[tuple(lead)] |= mask[tuple(trail)]
-        out[tuple(trail)] |= mask[tuple(lead)]
-    return out
 
 
 def foreground_bbox(mask: np.ndarray) -> tuple[Shape3, Shape3] | None:

@@ -1,4 +1,4 @@
-"""Binary morphology and lattice-cell helpers for the query scheduler (numpy only, no scipy).
+"""Binary morphology and lattice-cell helpers (numpy only, no scipy).
 
 All arrays are 3D with axes ``(i, j, k)`` of the padded grid (or a sub-lattice of it).
 Masks are ``bool`` (``uint8`` 0/1 works too; the result keeps the input dtype).
@@ -9,6 +9,9 @@ Masks are ``bool`` (``uint8`` 0/1 works too; the result keeps the input dtype).
 * :func:`cell_any` and :func:`cell_points` move between the points of a lattice and its cells:
   a lattice with ``2 m + 1`` points per axis holds ``m`` closed cells per axis, cell ``a`` being
   the points ``2 a, 2 a + 1, 2 a + 2`` (its two corners and the midpoint between them).
+* :func:`face_dilate` grows a mask by its 6 face neighbours, :func:`erode` shrinks it by them
+  (the tissue foreground and the input profile's rim, ``ossnet_deploy.geometry`` and
+  ``ossnet_deploy.preprocess``).
 * :func:`bounding_box` finds the smallest box holding every set voxel.
 """
 
@@ -18,7 +21,7 @@ import numpy as np
 
 from ossnet_deploy.errors import InputError, describe
 
-__all__ = ["bounding_box", "cell_any", "cell_points", "max_filter"]
+__all__ = ["bounding_box", "cell_any", "cell_points", "erode", "face_dilate", "max_filter"]
 
 
 def _along(axis: int, sl: slice) -> tuple[slice, ...]:
@@ -70,6 +73,35 @@ def max_filter(mask: np.ndarray, size: int) -> np.ndarray:
     out = mask
     for axis in range(3):
         out = _max_filter_axis(out, axis, size)
+    return out
+
+
+def erode(mask: np.ndarray, steps: int) -> np.ndarray:
+    """``mask`` eroded ``steps`` times by its 6 face neighbours (voxels outside the array count as
+    background), so the result is the part at least ``steps`` voxels inside."""
+    outside = ~mask
+    for _ in range(steps):
+        outside = face_dilate(outside)
+    inner = mask & ~outside
+    # The array's own border is outside too.
+    for axis in range(3):
+        edge = [slice(None)] * 3
+        edge[axis] = slice(0, min(steps, mask.shape[axis]))
+        inner[tuple(edge)] = False
+        edge[axis] = slice(max(mask.shape[axis] - steps, 0), None)
+        inner[tuple(edge)] = False
+    return inner
+
+
+def face_dilate(mask: np.ndarray, *, keep_centre: bool = True) -> np.ndarray:
+    """``mask`` dilated by its 6 face neighbours (``keep_centre=False``: the neighbours alone)."""
+    out = mask.copy() if keep_centre else np.zeros_like(mask)
+    for axis in range(3):
+        lead = [slice(None)] * 3
+        trail = [slice(None)] * 3
+        lead[axis], trail[axis] = slice(1, None), slice(None, -1)
+        out[tuple(lead)] |= mask[tuple(trail)]
+        out[tuple(trail)] |= mask[tuple(lead)]
     return out
 
 

@@ -32,7 +32,6 @@ from ossnet_deploy.geometry import (
     canonical_orientation,
     canonical_voxel_sizes,
     centred_offset,
-    erode,
     foreground_bbox,
     foreground_mask,
     resample_linear,
@@ -40,6 +39,7 @@ from ossnet_deploy.geometry import (
     tissue_mask,
     to_canonical,
 )
+from ossnet_deploy.morphology import erode
 from ossnet_deploy.presets import PRESETS
 
 __all__ = [

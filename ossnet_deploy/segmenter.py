@@ -41,7 +41,7 @@ from ossnet_deploy.errors import InputError, describe
 from ossnet_deploy.inputs import ImageLike, VolumeInput, resolve_volume
 from ossnet_deploy.memory import peak_rss_bytes
 from ossnet_deploy.metadata import GraphMetadata
-from ossnet_deploy.model import CPU_DEVICES, ModelPair, check_precision
+from ossnet_deploy.model import CPU_DEVICES, ModelPair
 from ossnet_deploy.nifti_io import labels_image
 from ossnet_deploy.pipeline import bind_decoder, segment_prepared
 from ossnet_deploy.preprocess import PreparedVolume, PreprocessConfig, check_fit, prepare_volume
@@ -271,7 +271,6 @@ class Segmenter:
             DependencyError: an explicit GPU device this installation cannot drive.
             InputError: an unknown device, precision, mode, or a bad ``max_queries``/``threads``.
         """
-        check_precision(precision)
         _check_settings(mode, max_queries, interpolation_margin)  # before the (slow) sessions are built
         pair = ModelPair.open(model_dir, device=device, precision=precision, threads=threads)
         return cls(pair, max_queries=max_queries, mode=mode, interpolation_margin=interpolation_margin)
