@@ -302,7 +302,9 @@ def _preprocess_config(cfg: TrainConfig) -> PreprocessConfig:
     base = preprocess_preset(cfg.preset, large_patches=large)
     if not cfg.preprocess_overrides:
         return base
-    values = base.to_dict()
+    # Every field, not to_dict(): that leaves out settings at their defaults (bias correction,
+    # tissue foreground), which must still be overridable.
+    values = {f.name: getattr(base, f.name) for f in dataclasses.fields(base)}
     for name, value in cfg.preprocess_overrides:
         if name not in values:
             raise InputError(describe(None, f"unknown preprocessing setting {name!r}",

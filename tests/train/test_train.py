@@ -293,6 +293,22 @@ def test_a_bad_preprocessing_override_is_refused_naming_the_setting(tmp_path: Pa
         _preprocess_config(config)
 
 
+def test_settings_left_out_of_to_dict_at_their_defaults_can_still_be_overridden(tmp_path: Path) -> None:
+    # to_dict() omits bias correction at "none" and the tissue fraction under "threshold" (older
+    # runtimes); the documented CPU command overrides bias_correction on the demo preset.
+    config = tiny_config(tmp_path / "data", tmp_path / "run", preset="demo", preprocess_overrides=(
+        ("bias_correction", "log_field"), ("bias_iterations", 2)))
+    preprocess = _preprocess_config(config)
+    assert (preprocess.bias_correction, preprocess.bias_iterations) == ("log_field", 2)
+    config = tiny_config(tmp_path / "data", tmp_path / "run", preprocess_overrides=(
+        *TINY_PREPROCESS, ("foreground", "tissue"), ("foreground_fraction", 0.3)))
+    preprocess = _preprocess_config(config)
+    assert (preprocess.foreground, preprocess.foreground_fraction) == ("tissue", 0.3)
+    with pytest.raises(InputError, match="unknown preprocessing setting 'bias_corection'"):
+        _preprocess_config(tiny_config(tmp_path / "data", tmp_path / "run",
+                                       preprocess_overrides=(("bias_corection", "log_field"),)))
+
+
 def test_memory_plan_picks_the_batch_from_the_budget(tmp_path: Path) -> None:
     config = tiny_config(tmp_path / "data", tmp_path / "run", batch=0, points=4096, max_batch=64)
     preprocess = _preprocess_config(config)
