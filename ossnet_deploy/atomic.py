@@ -16,11 +16,12 @@ import os
 import secrets
 import shutil
 from collections.abc import Iterator
+from glob import escape as glob_escape
 from pathlib import Path
 
 from ossnet_deploy.errors import OutputExistsError, describe
 
-__all__ = ["atomic_directory", "atomic_write", "temporary_sibling"]
+__all__ = ["atomic_directory", "atomic_write", "remove_temporaries", "temporary_sibling"]
 
 _OVERWRITE_FIX = "pass --overwrite / overwrite=True, or choose another output path"
 
@@ -42,6 +43,27 @@ def temporary_sibling(path: str | os.PathLike[str], *, kind: str = "tmp", keep_s
     target = Path(path)
     suffix = _suffixes(target.name) if keep_suffix else ""
     return target.with_name(f".{target.name}.{kind}-{os.getpid()}-{secrets.token_hex(8)}{suffix}")
+
+
+def remove_temporaries(path: str | os.PathLike[str], *, kind: str = "tmp") -> list[Path]:
+    """Remove the temporary siblings of ``path`` (:func:`temporary_sibling`) that a killed writer left.
+
+    A process killed with SIGKILL (an out-of-memory kill, a Ray actor killed or lost with its
+    node) cannot run :func:`atomic_write`'s cleanup, so its hidden temporary file stays beside
+    the output. Only the caller knows that no writer of ``path`` is still alive (e.g. the cohort
+    driver once its workers are gone); calling this while one is writing makes that write fail.
+
+    Returns:
+        the removed paths.
+    """
+    target = Path(path)
+    removed = []
+    if not target.parent.is_dir():
+        return removed
+    for candidate in target.parent.glob(f".{glob_escape(target.name)}.{kind}-*"):
+        _remove_quietly(candidate)
+        removed.append(candidate)
+    return removed
 
 
 def _refuse_existing(target: Path, *, overwrite: bool, want_dir: bool) -> None:

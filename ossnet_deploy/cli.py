@@ -6,75 +6,60 @@ Examples::
     ossnet-segment -i BraTS20_001/ -o out/ -m model/            # a BraTS case folder
     ossnet-segment -i case_0000.nii.gz,case_0001.nii.gz -o out/  # per-channel files
     ossnet-segment -i cohort/ -o out/ --num-parts 4 --part-id 0 # a quarter of a cohort
+    ossnet-segment -i cohort/ -o out/ --engine ray --actors 8    # Ray actors (docs/cohorts.md)
 
 Exit codes: 0 all done (finished outputs skipped count as done); 1 some inputs failed (the
 rest were processed); 2 usage error (bad option, unusable model folder); 3 missing dependency
-or hardware. Errors are one line each; ``-v`` adds the traceback.
+or hardware; 130 interrupted (Ctrl-C). Errors are one line each; ``-v`` adds the traceback.
 
 Outputs are written atomically and never replace an existing file without ``--overwrite``,
-so a rerun of an interrupted cohort skips what is finished. Inputs are only read.
+so a rerun of an interrupted cohort skips what is finished. Inputs are only read. A folder of
+cases also gets a manifest in the output folder, one JSON line per case and run
+(``ossnet_deploy/manifest.py``); both engines run each case through
+``ossnet_deploy.cohort.segment_case`` (docs/design.md#cohorts-on-ray).
 """
 
 from __future__ import annotations
 
 import contextlib
 import sys
-import time
 import traceback
 import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
+from ossnet_deploy.cohort import (
+    CaseSettings,
+    ModelOptions,
+    PlanError,
+    is_cohort_input,
+    is_finished,
+    plan_jobs,
+    segment_case,
+    skipped_record,
+)
 from ossnet_deploy.errors import (
     EXIT_DEPENDENCY,
+    EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_SOME_FAILED,
     EXIT_USAGE,
     DependencyError,
     InputError,
     ModelFormatError,
-    OssnetError,
-    describe,
 )
+from ossnet_deploy.manifest import MANIFEST_NAME, CaseRecord, ManifestWriter, new_run_id
 
 if TYPE_CHECKING:
-    from ossnet_deploy.inputs import Case
-    from ossnet_deploy.segmenter import SegmentationStats, Segmenter
+    from ossnet_deploy.cohort_ray import RayOptions
+    from ossnet_deploy.segmenter import Segmenter
 
 __all__ = ["main"]
 
 _MODES = ("adaptive", "reference", "dense")
-
-
-@dataclass(frozen=True)
-class _Job:
-    """One case and where its outputs go."""
-
-    case: Case
-    output: Path
-
-    @property
-    def preview(self) -> Path:
-        """``<name>.png`` beside the output (``out/case.nii.gz`` -> ``out/case.png``)."""
-        name = self.output.name
-        for suffix in (".nii.gz", ".nii"):
-            if name.lower().endswith(suffix):
-                name = name[: -len(suffix)]
-                break
-        return self.output.with_name(name + ".png")
-
-
-@dataclass(frozen=True)
-class _Row:
-    """One line of the final table."""
-
-    name: str
-    status: str
-    stats: SegmentationStats | None = None
 
 
 class _Console:
@@ -88,10 +73,14 @@ class _Console:
         if not self.quiet:
             self._write(message, err=False)
 
-    def error(self, message: str, exc: BaseException | None = None) -> None:
+    def error(self, message: str, exc: BaseException | None = None, *, detail: str | None = None) -> None:
+        """``error: message``; with ``-v`` also the traceback (of ``exc``, or the text ``detail``)."""
         self._write(f"error: {message}", err=True)
-        if self.verbose and exc is not None:
-            self._write("".join(traceback.format_exception(exc)).rstrip(), err=True)
+        if self.verbose:
+            if exc is not None:
+                self._write("".join(traceback.format_exception(exc)).rstrip(), err=True)
+            elif detail:
+                self._write(detail.rstrip(), err=True)
 
     def warning(self, message: str) -> None:
         if not self.quiet:
@@ -123,108 +112,17 @@ def _split_inputs(values: Sequence[str]) -> list[Path]:
     return [Path(part.strip()) for value in values for part in value.split(",") if part.strip()]
 
 
-def _is_nifti_name(path: Path) -> bool:
-    return path.name.lower().endswith((".nii.gz", ".nii"))
-
-
-def _plan_jobs(inputs: list[Path], output: Path, channels: tuple[str, ...]) -> list[_Job]:
-    """Turn the ``-i`` values into cases and output paths.
-
-    Raises:
-        click.UsageError: the inputs and ``-o`` do not fit together.
-        InputError: a folder input that does not exist.
-    """
-    from ossnet_deploy.inputs import Case, case_folder_files, case_name, discover_cases
-
-    output_is_file = _is_nifti_name(output)
-    if len(inputs) == 1 and inputs[0].is_dir():
-        folder = inputs[0]
-        # Only a BraTS-style folder is one case; nnU-Net <case>_XXXX files form a folder of cases.
-        files = case_folder_files(folder, channels, nnunet=False) if len(channels) > 1 else None
-        if files is not None:
-            cases = [Case(folder.name, files)]
-        else:
-            cases = discover_cases(folder, channels)
-            if output_is_file:
-                raise click.UsageError(f"-i {folder} is a folder of cases, so -o must be a folder, not {output}")
-    else:
-        if any(p.is_dir() for p in inputs):
-            raise click.UsageError("a folder input (-i FOLDER) must be the only input")
-        cases = [Case(case_name(inputs[0], channels), tuple(inputs))]
-    if output_is_file:
-        return [_Job(case, output) for case in cases]
-    return [_Job(case, output / f"{case.name}.nii.gz") for case in cases]
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return a.resolve() == b.resolve() or (a.exists() and b.exists() and a.samefile(b))
-    except OSError:
-        return False
-
-
-def _run_job(job: _Job, segmenter: Segmenter, *, fit: str, overwrite: bool, preview: bool,
-             progress: Any, console: _Console, fail_on_warning: bool = False) -> SegmentationStats:
-    """Segment one case and write its outputs; returns its statistics.
-
-    With ``fail_on_warning``, a case whose input or output the domain checks flag raises
-    :class:`InputError` and nothing is written for it.
-    """
-    import numpy as np
-
-    from ossnet_deploy.errors import OutputExistsError
-    from ossnet_deploy.inputs import VolumeInput
-    from ossnet_deploy.memory import reset_peak_rss
-    from ossnet_deploy.nifti_io import save_image
-    from ossnet_deploy.preview import grey_levels, write_preview
-
-    case = job.case
-    if case.problem is not None:
-        raise InputError(case.problem)
-    for source in case.files:
-        if _same_file(source, job.output) or (preview and _same_file(source, job.preview)):
-            raise InputError(describe(job.output, "output would replace an input file", found=str(source),
-                                      fix="choose another output path (-o)"))
-    image = list(case.files) if len(case.files) > 1 else case.files[0]
-    # The input's grey levels for the preview are taken while it is in memory anyway, as 8-bit
-    # levels (a quarter of the float input), instead of reading and decoding the file again.
-    kept: dict[str, Any] = {}
-
-    def keep_preview_grey(volume: VolumeInput) -> None:
-        kept["grey"] = grey_levels(volume.data[0])
-        kept["affine"] = np.asarray(volume.affine)
-
-    reset_peak_rss()  # this case's peak, not the run's (the CLI owns the process)
-    labels_img, stats = segmenter.segment_with_stats(image, fit=fit, progress=progress,
-                                                     on_read=keep_preview_grey if preview else None)
-    if fail_on_warning and stats.warnings:
-        raise InputError(describe(case.files[0], "the input or its segmentation lies outside what the model knows; "
-                                  "nothing was written (--fail-on-warning)", found=" / ".join(stats.warnings),
-                                  fix="check the input; without --fail-on-warning the result is written with "
-                                      "these warnings"))
-    started = time.perf_counter()
-    save_image(labels_img, job.output, overwrite=overwrite)
-    if preview:
-        try:
-            write_preview(job.preview, kept["grey"], np.asarray(labels_img.dataobj), kept["affine"],
-                          overwrite=overwrite)
-        except OutputExistsError:
-            console.warning(f"{job.preview}: preview exists and was kept (--overwrite replaces it)")
-    return stats.with_stage("write", time.perf_counter() - started)
-
-
-def _table(rows: list[_Row]) -> str:
+def _table(records: Sequence[CaseRecord]) -> str:
     """The end-of-run table: case, status, seconds, queries, % of dense, peak memory."""
     header = ("case", "status", "seconds", "queries", "of dense", "peak MiB")
     lines = [header]
-    for row in rows:
-        s = row.stats
-        if s is None:
-            lines.append((row.name, row.status, "", "", "", ""))
+    for r in records:
+        if r.queries is None:
+            lines.append((r.case, r.status, "", "", "", ""))
         else:
-            peak = "" if s.peak_rss_bytes is None else f"{s.peak_rss_bytes / 2**20:.0f}"
-            lines.append((row.name, row.status, f"{s.total_seconds:.2f}", f"{s.total_queries:,}",
-                          f"{s.total_queries / max(s.dense_queries, 1):.1%}", peak))
+            peak = "" if r.peak_rss_bytes is None else f"{r.peak_rss_bytes / 2**20:.0f}"
+            lines.append((r.case, r.status, f"{r.seconds or 0.0:.2f}", f"{r.queries:,}",
+                          f"{r.queries / max(r.dense_queries or 0, 1):.1%}", peak))
     widths = [max(len(line[c]) for line in lines) for c in range(len(header))]
     out = []
     for n, line in enumerate(lines):
@@ -233,6 +131,30 @@ def _table(rows: list[_Row]) -> str:
         if n == 0:
             out.append("  ".join("-" * w for w in widths))
     return "\n".join(out)
+
+
+def _report(record: CaseRecord, console: _Console) -> None:
+    """The line(s) one finished case prints, the same for both engines."""
+    if record.status == "skipped":
+        console.info(f"{record.case}: skipped, {record.output} exists (--overwrite replaces it)")
+    elif record.failed:
+        console.error(record.error or f"{record.case}: {record.status}", detail=record.traceback)
+    else:
+        line = f"{record.case}: {record.summary()} -> {record.output}"
+        if console.verbose:
+            line += "\n  " + ", ".join(f"{stage} {seconds:.2f}s" for stage, seconds in record.stage_seconds)
+        console.info(line)
+
+
+def _finish(records: Sequence[CaseRecord], console: _Console) -> int:
+    """The end-of-run table and the exit code (1 when any case failed)."""
+    if len(records) > 1:
+        console.info(_table(records))
+    failed = sum(r.failed for r in records)
+    if failed:
+        console.error(f"{failed} of {len(records)} case(s) failed")
+        return EXIT_SOME_FAILED
+    return EXIT_OK
 
 
 class _StageBar:
@@ -263,7 +185,8 @@ class _StageBar:
                    "model's channel order); a case folder (BraTS: *_flair, *_t1, ...); or a folder of cases "
                    "(NIfTI files, nnU-Net <case>_0000.nii.gz groups or case folders).")
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), metavar="PATH",
-              help="Output file (.nii.gz/.nii) for one case, or a folder: <case>.nii.gz in it.")
+              help="Output file (.nii.gz/.nii) for one case, or a folder: <case>.nii.gz in it (and, for a folder "
+                   f"of cases, the manifest {MANIFEST_NAME}).")
 @click.option("-m", "--model", "model_dir", type=click.Path(path_type=Path), default=None, metavar="FOLDER",
               help="Model folder written by ossnet-export (default: the bundled mni-wm-demo model).")
 @click.option("-d", "--device", default="auto", show_default=True,
@@ -281,7 +204,8 @@ class _StageBar:
 @click.option("--max-queries", type=click.IntRange(min=1), default=None, metavar="N",
               help="Decoder queries per call: the memory cap (default: 4096 on CPU, 32768 on a GPU).")
 @click.option("--threads", type=click.IntRange(min=1), default=None, metavar="N",
-              help="CPU threads per graph (default: the physical cores available).")
+              help="CPU threads per graph (default: the physical cores available). --engine ray: see "
+                   "--threads-per-actor.")
 @click.option("--fit", type=click.Choice(["error", "downsample"]), default="error", show_default=True,
               help="A foreground larger than the model grid: fail, or shrink it to fit.")
 @click.option("--num-parts", type=click.IntRange(min=1), default=1, show_default=True,
@@ -293,6 +217,25 @@ class _StageBar:
 @click.option("--fail-on-warning", is_flag=True,
               help="A case whose input or output lies far outside the model's training domain (e.g. an empty "
                    "segmentation, another modality) fails and writes nothing, instead of a warning.")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: this process, one case after another. ray: a folder of cases on Ray actors, on "
+                   "this machine or a cluster (pip install 'ossnet[ray]'; docs/cohorts.md).")
+@click.option("--address", default=None, metavar="auto|ray://HOST:PORT",
+              help="--engine ray: the Ray cluster to use (default: start a local Ray for the run, shut down "
+                   "after it).")
+@click.option("--actors", type=click.IntRange(min=1), default=None, metavar="N",
+              help="--engine ray: actors (model copies) running at once (default: as many as the cluster's "
+                   "CPUs, GPUs and memory hold).")
+@click.option("--threads-per-actor", type=click.IntRange(min=1), default=1, show_default=True, metavar="T",
+              help="--engine ray: CPU threads per actor; actors x T may not exceed the cluster's CPUs unless "
+                   "--oversubscribe.")
+@click.option("--gpus-per-actor", type=click.FloatRange(min=0.0), default=0.0, show_default=True, metavar="G",
+              help="--engine ray: GPUs per actor (0.5: two actors share a GPU).")
+@click.option("--max-retries", type=click.IntRange(min=0), default=2, show_default=True, metavar="N",
+              help="--engine ray: a case whose actor dies is redone on a fresh actor at most N times, then "
+                   "recorded as failed.")
+@click.option("--oversubscribe", is_flag=True,
+              help="--engine ray: allow actors x threads-per-actor above the cluster's CPUs.")
 @click.option("--disable-progress-bar", is_flag=True, help="No progress bars (they are off anyway without a TTY).")
 @click.option("-q", "--quiet", is_flag=True, help="Print errors only.")
 @click.option("-v", "--verbose", is_flag=True, help="Tracebacks with errors, stage times per volume.")
@@ -315,6 +258,13 @@ def main(
     overwrite: bool,
     preview: bool,
     fail_on_warning: bool,
+    engine: str,
+    address: str | None,
+    actors: int | None,
+    threads_per_actor: int,
+    gpus_per_actor: float,
+    max_retries: int,
+    oversubscribe: bool,
     disable_progress_bar: bool,
     quiet: bool,
     verbose: bool,
@@ -332,19 +282,31 @@ def main(
     paths = _split_inputs(inputs)
     if not paths:
         raise click.UsageError("no input given (-i PATH)")
+    source = ctx.get_parameter_source
+    ray_only = [name for name in ("address", "actors", "threads_per_actor", "gpus_per_actor", "max_retries",
+                                  "oversubscribe") if source(name) == click.core.ParameterSource.COMMANDLINE]
+    if engine == "local" and ray_only:
+        raise click.UsageError(f"--{ray_only[0].replace('_', '-')} needs --engine ray")
+    if engine == "ray" and threads is not None:
+        raise click.UsageError("--engine ray sets threads per actor: use --threads-per-actor, not --threads")
+    model = ModelOptions(model_dir, device, precision, mode, interpolation_margin, max_queries)
+    settings = CaseSettings(fit=fit, overwrite=overwrite, preview=preview, fail_on_warning=fail_on_warning)
+    bars_off: bool | None = True if (disable_progress_bar or console.quiet) else None
     with _warnings_as_lines(console):
-        ctx.exit(_segment_all(paths, output, model_dir, device, precision, mode, interpolation_margin, max_queries,
-                              threads, fit, num_parts, part_id, overwrite, preview, disable_progress_bar, console,
-                              fail_on_warning=fail_on_warning))
+        if engine == "ray":
+            from ossnet_deploy.cohort_ray import RayOptions
+
+            options = RayOptions(address=address, actors=actors, threads_per_actor=threads_per_actor,
+                                 gpus_per_actor=gpus_per_actor, max_retries=max_retries, oversubscribe=oversubscribe)
+            ctx.exit(_segment_ray(paths, output, model, settings, options, num_parts, part_id, bars_off, console))
+        ctx.exit(_segment_all(paths, output, model, threads, settings, num_parts, part_id, bars_off, console))
 
 
-def _load(model_dir: Path | None, device: str, precision: str, mode: str, interpolation_margin: float | None,
-          max_queries: int | None, threads: int | None, console: _Console) -> Segmenter | int:
+def _load(model: ModelOptions, threads: int | None, console: _Console) -> Segmenter | int:
     from ossnet_deploy.segmenter import Segmenter
 
     try:
-        return Segmenter.from_dir(model_dir, device=device, precision=precision, max_queries=max_queries,
-                                  threads=threads, mode=mode, interpolation_margin=interpolation_margin)
+        return Segmenter.from_dir(model.model_dir, threads=threads, **model.segmenter_kwargs())
     except DependencyError as exc:
         console.error(str(exc), exc)
         return EXIT_DEPENDENCY
@@ -354,20 +316,26 @@ def _load(model_dir: Path | None, device: str, precision: str, mode: str, interp
         return EXIT_USAGE
 
 
-def _segment_all(paths: list[Path], output: Path, model_dir: Path | None, device: str, precision: str, mode: str,
-                 interpolation_margin: float | None, max_queries: int | None, threads: int | None, fit: str, num_parts: int, part_id: int,
-                 overwrite: bool, preview: bool, disable_progress_bar: bool, console: _Console, *,
-                 fail_on_warning: bool = False) -> int:
+def _interrupted(done: int, total: int, manifest: Path | None, console: _Console) -> int:
+    where = f"; {manifest} lists what finished" if manifest is not None else ""
+    console.error(f"interrupted: {done} of {total} case(s) ended before the stop, nothing partial was left{where}")
+    return EXIT_INTERRUPTED
+
+
+def _segment_all(paths: list[Path], output: Path, model: ModelOptions, threads: int | None, settings: CaseSettings,
+                 num_parts: int, part_id: int, bars_off: bool | None, console: _Console) -> int:
     from tqdm import tqdm
 
     from ossnet_deploy.inputs import shard
 
-    loaded = _load(model_dir, device, precision, mode, interpolation_margin, max_queries, threads, console)
+    loaded = _load(model, threads, console)
     if isinstance(loaded, int):
         return loaded
     segmenter = loaded
     try:
-        jobs = _plan_jobs(paths, output, segmenter.channels)
+        jobs = plan_jobs(paths, output, segmenter.channels)
+    except PlanError as exc:
+        raise click.UsageError(str(exc)) from None
     except InputError as exc:
         console.error(str(exc), exc)
         return EXIT_SOME_FAILED
@@ -377,45 +345,70 @@ def _segment_all(paths: list[Path], output: Path, model_dir: Path | None, device
         console.info(f"part {part_id} of {num_parts}: {len(jobs)} case(s)")
     console.info(f"model {segmenter.model_dir} ({segmenter.encoder_meta.variant}) on {segmenter.device}, "
                  f"mode {segmenter.mode}, max_queries {segmenter.max_queries}")
-    bars_off: bool | None = True if (disable_progress_bar or console.quiet) else None
-    rows: list[_Row] = []
-    failed = 0
+    pair_id = segmenter.encoder_meta.pair_id
+    manifest_path = output / MANIFEST_NAME if is_cohort_input(paths, segmenter.channels) else None
+    manifest = ManifestWriter(manifest_path) if manifest_path is not None else None
+    run_id = new_run_id()
+    records: list[CaseRecord] = []
+
+    def keep(record: CaseRecord) -> None:
+        record = record.with_run(engine="local", run_id=run_id)
+        records.append(record)
+        if manifest is not None:
+            manifest.write(record)
+        _report(record, console)
+
     stage_bar = _StageBar(bars_off)
     try:
         for job in tqdm(jobs, desc="volumes", unit="vol", position=0, disable=bars_off, file=sys.stderr,
                         dynamic_ncols=True):
-            name = job.case.name
-            if job.output.exists() and not overwrite:
-                console.info(f"{name}: skipped, {job.output} exists (--overwrite replaces it)")
-                rows.append(_Row(name, "skipped"))
+            if is_finished(job, settings):
+                keep(skipped_record(job, pair_id))
                 continue
-            try:
-                stats = _run_job(job, segmenter, fit=fit, overwrite=overwrite, preview=preview,
-                                 progress=stage_bar, console=console, fail_on_warning=fail_on_warning)
-            except DependencyError as exc:
-                console.error(str(exc), exc)
+            record = segment_case(job, segmenter, settings, progress=stage_bar, warn=console.warning)
+            keep(record)
+            if record.error_type == DependencyError.__name__:
                 return EXIT_DEPENDENCY
-            except OssnetError as exc:
-                failed += 1
-                console.error(str(exc), exc)
-                rows.append(_Row(name, "failed"))
-                continue
-            except Exception as exc:  # a bug must not stop a cohort run; it is reported and counted
-                failed += 1
-                console.error(f"{name}: unexpected {type(exc).__name__}: {exc} (please report this; -v shows "
-                              "the traceback)", exc)
-                rows.append(_Row(name, "failed"))
-                continue
-            rows.append(_Row(name, "warned" if stats.warnings else "done", stats))
-            line = f"{name}: {stats.summary()} -> {job.output}"
-            if console.verbose:
-                line += "\n  " + ", ".join(f"{stage} {seconds:.2f}s" for stage, seconds in stats.stage_seconds)
-            console.info(line)
+    except KeyboardInterrupt:
+        # atomic_write already removed the case's temporary file; the manifest says what ended.
+        ended = {r.case for r in records}
+        if manifest is not None:
+            manifest.write_all(CaseRecord(j.case.name, tuple(str(f) for f in j.case.files), str(j.output),
+                                          "interrupted", pair_id=pair_id, engine="local", run_id=run_id)
+                               for j in jobs if j.case.name not in ended)
+        return _interrupted(len(ended), len(jobs), manifest_path, console)
     finally:
         stage_bar.close()
-    if len(rows) > 1:
-        console.info(_table(rows))
-    if failed:
-        console.error(f"{failed} of {len(rows)} case(s) failed")
+        if manifest is not None:
+            manifest.close()
+    return _finish(records, console)
+
+
+def _segment_ray(paths: list[Path], output: Path, model: ModelOptions, settings: CaseSettings, options: RayOptions,
+                 num_parts: int, part_id: int, bars_off: bool | None, console: _Console) -> int:
+    from ossnet_deploy.cohort_ray import CohortInterrupted, check_model, segment_cohort
+
+    try:
+        check_model(model)
+    except DependencyError as exc:
+        console.error(str(exc), exc)
+        return EXIT_DEPENDENCY
+    except (ModelFormatError, InputError) as exc:
+        console.error(str(exc), exc)
+        return EXIT_USAGE
+    try:
+        run = segment_cohort(paths, output, model=model, settings=settings, options=options, num_parts=num_parts,
+                             part_id=part_id, progress_bars=bars_off is None, verbose=console.verbose,
+                             on_record=lambda record: _report(record, console), on_info=console.info)
+    except PlanError as exc:
+        raise click.UsageError(str(exc)) from None
+    except DependencyError as exc:
+        console.error(str(exc), exc)
+        return EXIT_DEPENDENCY
+    except CohortInterrupted as stop:
+        return _interrupted(stop.ended, stop.total, stop.manifest, console)
+    except InputError as exc:
+        console.error(str(exc), exc)
         return EXIT_SOME_FAILED
-    return EXIT_OK
+    console.info(run.describe_actors())
+    return _finish(run.records, console)

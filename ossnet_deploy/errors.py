@@ -5,7 +5,8 @@ expected, what was found and the fix; :func:`describe` builds such a message so 
 all call sites read alike.
 
 CLI exit codes: 0 all done; 1 some inputs failed (the rest were processed);
-2 usage error; 3 missing dependency or hardware.
+2 usage error; 3 missing dependency or hardware; 130 interrupted (Ctrl-C; the shell's
+128 + SIGINT).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import os
 
 __all__ = [
     "EXIT_DEPENDENCY",
+    "EXIT_INTERRUPTED",
     "EXIT_OK",
     "EXIT_SOME_FAILED",
     "EXIT_USAGE",
@@ -29,6 +31,7 @@ EXIT_OK = 0
 EXIT_SOME_FAILED = 1
 EXIT_USAGE = 2
 EXIT_DEPENDENCY = 3
+EXIT_INTERRUPTED = 130
 
 
 class OssnetError(Exception):

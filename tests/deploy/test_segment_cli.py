@@ -17,6 +17,7 @@ from synthetic_models import expected_threshold_labels, two_level_phantom, write
 from ossnet_deploy import devices
 from ossnet_deploy.cli import main
 from ossnet_deploy.devices import CPU_PROVIDER
+from ossnet_deploy.manifest import MANIFEST_NAME, read_manifest
 
 PREPROCESS = {"geometry": "fixed_spacing_pad", "shape": [32, 32, 24], "channels": ["t1"],
               "intensity": "zscore_foreground"}
@@ -58,8 +59,13 @@ def _cohort(root: Path, n: int = 3, bad: bool = True) -> Path:
 
 
 def _fingerprint(folder: Path) -> dict[str, tuple[int, str]]:
+    """The files of ``folder`` but the manifest (which every run appends to)."""
     return {p.name: (p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest())
-            for p in sorted(folder.iterdir()) if p.is_file()}
+            for p in sorted(folder.iterdir()) if p.is_file() and p.name != MANIFEST_NAME}
+
+
+def _outputs(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name != MANIFEST_NAME)
 
 
 def _run(*args: object) -> tuple[int, str, str]:
@@ -86,7 +92,13 @@ def test_folder_run_skips_bad_files_and_reruns_skip_finished(model: Path, tmp_pa
     out = tmp_path / "out"
     code, stdout, stderr = _run("-i", cohort, "-o", out, "-m", model, "-d", "cpu", "--threads", "1")
     assert code == 1
-    assert sorted(p.name for p in out.iterdir()) == ["sub0.nii.gz", "sub1.nii.gz", "sub2.nii.gz"]
+    assert _outputs(out) == ["sub0.nii.gz", "sub1.nii.gz", "sub2.nii.gz"]
+    first = read_manifest(out / MANIFEST_NAME)
+    assert {r.case: r.status for r in first} == {"broken": "failed", "sub0": "done", "sub1": "done", "sub2": "done"}
+    broken = next(r for r in first if r.case == "broken")
+    assert "not a readable NIfTI file" in (broken.error or "") and broken.error_type == "InputError"
+    assert all(r.engine == "local" and r.pair_id and r.host and len({x.run_id for x in first}) == 1 for r in first)
+    assert all(r.queries and r.seconds is not None for r in first if r.status == "done")
     errors = [line for line in stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 2  # the broken file, then the count
     assert "broken.nii.gz: not a readable NIfTI file" in errors[0]
@@ -102,6 +114,9 @@ def test_folder_run_skips_bad_files_and_reruns_skip_finished(model: Path, tmp_pa
     assert code == 1
     assert stdout.count("skipped") >= 3
     assert _fingerprint(out) == finished  # nothing rewritten
+    second = read_manifest(out / MANIFEST_NAME)[len(first):]  # appended, not rewritten
+    assert {r.case: r.status for r in second} == {"broken": "failed", "sub0": "skipped", "sub1": "skipped",
+                                                  "sub2": "skipped"}
     (cohort / "broken.nii.gz").unlink()
     code, _, _ = _run("-i", cohort, "-o", out, "-m", model, "-d", "cpu", "--threads", "1", "-q")
     assert code == 0
@@ -133,7 +148,7 @@ def test_sharding_splits_the_sorted_cases(model: Path, tmp_path: Path) -> None:
         out = tmp_path / f"part{part}"
         code, _, _ = _run("-i", cohort, "-o", out, "-m", model, "-d", "cpu", "--num-parts", 2, "--part-id", part)
         assert code == 0
-        outputs.append(sorted(p.name for p in out.iterdir()))
+        outputs.append(_outputs(out))
     assert outputs == [["sub0.nii.gz", "sub2.nii.gz", "sub4.nii.gz"], ["sub1.nii.gz", "sub3.nii.gz"]]
     code, _, stderr = _run("-i", cohort, "-o", tmp_path / "x", "-m", model, "--num-parts", 2, "--part-id", 2)
     assert code == 2 and "--part-id must be below --num-parts" in stderr
@@ -175,7 +190,7 @@ def test_channel_files_and_case_folders(model_2ch: Path, tmp_path: Path) -> None
     _save(cohort / "nn_0001.nii.gz", t1)
     code, _, stderr = _run("-i", cohort, "-o", tmp_path / "o4", "-m", model_2ch, "-d", "cpu")
     assert code == 0, stderr
-    assert sorted(p.name for p in (tmp_path / "o4").iterdir()) == ["BraTS_01.nii.gz", "nn.nii.gz"]
+    assert _outputs(tmp_path / "o4") == ["BraTS_01.nii.gz", "nn.nii.gz"]
     code, _, stderr = _run("-i", cohort / "BraTS_01" / f.name, "-o", tmp_path / "o5", "-m", model_2ch, "-d", "cpu")
     assert code == 1 and "wrong number of channels" in stderr
 
