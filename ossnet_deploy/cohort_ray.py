@@ -26,7 +26,9 @@ import json
 import logging
 import math
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
+import time
+import warnings
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
@@ -134,8 +136,9 @@ def check_model(model: ModelOptions) -> ModelFacts:
         InputError: an unknown device, precision or mode, or a bad setting.
     """
     from ossnet_deploy.devices import parse_device
-    from ossnet_deploy.metadata import check_pair, read_graph_metadata
+    from ossnet_deploy.metadata import check_pair
     from ossnet_deploy.model import find_model_files
+    from ossnet_deploy.onnx_metadata import read_graph_metadata
     from ossnet_deploy.preprocess import PreprocessConfig
     from ossnet_deploy.segmenter import _check_settings
 
@@ -297,8 +300,6 @@ class _CaseWorker:
         self.settings = CaseSettings(**settings)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        import warnings
-
         import numpy as np
 
         from ossnet_deploy.domain import DomainWarning
@@ -324,6 +325,22 @@ def _lost_record(job: Job, pair_id: str, max_retries: int) -> CaseRecord:
                              "memory, a crash in native code) or its block was lost",
                        fix="see the Ray logs (ray logs / the dashboard) for the cause; check the input; a rerun "
                            "tries it again (--max-retries N for more attempts)"))
+
+
+def _unreported_record(job: Job, pair_id: str, run_started: float) -> CaseRecord:
+    """The record of a case that had no record when the run was interrupted."""
+    inputs = tuple(os.fspath(f) for f in job.case.files)
+    try:
+        written_now = job.output.stat().st_mtime >= run_started
+    except OSError:
+        written_now = False
+    if written_now:
+        # Outputs appear only complete (atomic rename), so this one finished; its statistics
+        # were still on their way to the driver.
+        return CaseRecord(job.case.name, inputs, os.fspath(job.output), "done", pair_id=pair_id,
+                          warnings=("finished while the run was being interrupted; its statistics did not "
+                                    "come back",))
+    return CaseRecord(job.case.name, inputs, os.fspath(job.output), "interrupted", pair_id=pair_id)
 
 
 class CohortInterrupted(KeyboardInterrupt):
@@ -395,7 +412,7 @@ def _ray_session(ray: ModuleType, address: str | None, verbose: bool) -> Iterato
         yield False
         return
     ray.init(address=address, include_dashboard=False, log_to_driver=verbose,
-             logging_level=logging.INFO if verbose else logging.WARNING)
+             logging_level=logging.INFO if verbose else logging.ERROR)
     try:
         yield True
     finally:
@@ -405,22 +422,27 @@ def _ray_session(ray: ModuleType, address: str | None, verbose: bool) -> Iterato
 @contextlib.contextmanager
 def _data_context(ray: ModuleType, progress_bars: bool, verbose: bool) -> Iterator[None]:
     """Ray Data settings for one run, restored after (the context is process-wide)."""
-    ctx = ray.data.DataContext.get_current()
-    saved = {"max_errored_blocks": ctx.max_errored_blocks, "enable_progress_bars": ctx.enable_progress_bars}
-    logger = logging.getLogger("ray.data")
-    level = logger.level
-    # Every failure is accounted by its case's record; Ray's default (0) would abort the whole
-    # run at the first lost block.
-    ctx.max_errored_blocks = -1
-    ctx.enable_progress_bars = progress_bars
-    if not verbose:
-        logger.setLevel(logging.CRITICAL)  # the records say what failed; -v shows Ray's own account
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            setattr(ctx, name, value)
-        logger.setLevel(level)
+    with warnings.catch_warnings():
+        # Ray 2.60 deprecates passing max_restarts / max_task_retries through ray_remote_args
+        # but has no named parameter for them yet; its other deprecation notices (raised when
+        # the context is first built) concern settings this run does not touch.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        ctx = ray.data.DataContext.get_current()
+        saved = {"max_errored_blocks": ctx.max_errored_blocks, "enable_progress_bars": ctx.enable_progress_bars}
+        logger = logging.getLogger("ray.data")
+        level = logger.level
+        # Every failure is accounted by its case's record; Ray's default (0) would abort the
+        # whole run at the first lost block.
+        ctx.max_errored_blocks = -1
+        ctx.enable_progress_bars = progress_bars
+        if not verbose:
+            logger.setLevel(logging.CRITICAL)  # the records say what failed; -v shows Ray's own account
+        try:
+            yield
+        finally:
+            for name, value in saved.items():
+                setattr(ctx, name, value)
+            logger.setLevel(level)
 
 
 def segment_cohort(
@@ -488,6 +510,7 @@ def segment_cohort(
     manifest_path = out / MANIFEST_NAME
     records: dict[str, CaseRecord] = {}
     todo = [j for j in jobs if not is_finished(j, settings)]
+    started_at = time.time()
 
     with ManifestWriter(manifest_path) as manifest:
 
@@ -509,16 +532,19 @@ def segment_cohort(
                                        _memory_per_actor(todo, facts, model, options), len(todo))
                     if on_info is not None:
                         on_info(plan.describe() + ("" if started_here else " (an existing Ray session)"))
-                    with _data_context(ray, progress_bars, verbose):
-                        for text in _run_on_actors(ray, todo, plan, model, settings, options, segmenter_factory):
+                    with _data_context(ray, progress_bars, verbose), contextlib.closing(
+                            _run_on_actors(ray, todo, plan, model, settings, options, segmenter_factory)) as stream:
+                        for text in stream:
                             keep(CaseRecord.from_dict(json.loads(text)))
             except KeyboardInterrupt:
-                ended = len([r for r in records.values() if r.status != "skipped"])
+                # The actors are stopped by now (Ray shut down, or the dataset's iterator closed);
+                # what they left half-written goes, and an output whose record was still on its
+                # way is reported as finished rather than lost.
+                _remove_leftovers(todo, settings, remove_temporaries)
                 for job in todo:
                     if job.case.name not in records:
-                        keep(CaseRecord(job.case.name, tuple(os.fspath(f) for f in job.case.files),
-                                        os.fspath(job.output), "interrupted", pair_id=facts.pair_id))
-                _remove_leftovers(todo, settings, remove_temporaries)
+                        keep(_unreported_record(job, facts.pair_id, started_at))
+                ended = len([r for r in records.values() if r.status not in ("skipped", "interrupted")])
                 raise CohortInterrupted(ended, len(todo), manifest_path) from None
             for job in todo:
                 if job.case.name not in records:
@@ -537,7 +563,7 @@ def _remove_leftovers(jobs: Sequence[Job], settings: CaseSettings, remove: Calla
 
 def _run_on_actors(ray: ModuleType, jobs: Sequence[Job], plan: ActorPlan, model: ModelOptions,
                    settings: CaseSettings, options: RayOptions,
-                   factory: SegmenterFactory | None) -> Iterator[str]:
+                   factory: SegmenterFactory | None) -> Generator[str, None, None]:
     """Stream the records (JSON text) of ``jobs`` back from the actor pool as cases end."""
     threads = str(plan.threads_per_actor)
     # Ray does not pin CPUs: without these, numpy/BLAS in every actor would size its pools to the
@@ -564,5 +590,13 @@ def _run_on_actors(ray: ModuleType, jobs: Sequence[Job], plan: ActorPlan, model:
         max_restarts=-1,
         max_task_retries=options.max_retries,
     )
-    for row in mapped.iter_rows():
-        yield str(row["record"])
+    rows = iter(mapped.iter_rows())
+    try:
+        for row in rows:
+            yield str(row["record"])
+    finally:
+        # Closing the iterator now (not whenever a traceback lets it go) shuts the executor and
+        # its actors down before the caller cleans up after an interruption.
+        close = getattr(rows, "close", None)
+        if close is not None:
+            close()
