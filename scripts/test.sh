@@ -23,13 +23,13 @@ echo "== full environment ($FULL): torch, training, export, runtime"
 "$FULL/bin/pip" install "${PIP_FLAGS[@]}" --upgrade pip
 # torch first, pinned, so that the project's torch range keeps this CPU build.
 "$FULL/bin/pip" install "${PIP_FLAGS[@]}" "torch==${OSSNET_TORCH_VERSION:-2.13.0}"
-"$FULL/bin/pip" install "${PIP_FLAGS[@]}" -c constraints.txt -e ".[train,export,dev,openvino]"
+"$FULL/bin/pip" install "${PIP_FLAGS[@]}" -c constraints.txt -e ".[train,export,dev,openvino,ray]"
 # nilearn only ships the MNI template for the demo cohort; its own dependencies are not needed.
 "$FULL/bin/pip" install "${PIP_FLAGS[@]}" --no-deps "nilearn==0.14.1"
 "$FULL/bin/ruff" check .
 run_pytest "$FULL" -q tests
 
-echo "== runtime-only environment ($RUNTIME): pip install . (no extras, no torch)"
+echo "== runtime-only environment ($RUNTIME): pip install . (no extras, no torch, no ray: its tests skip)"
 "$PY" -m venv "$RUNTIME"
 "$RUNTIME/bin/pip" install "${PIP_FLAGS[@]}" --upgrade pip
 "$RUNTIME/bin/pip" install "${PIP_FLAGS[@]}" -c constraints.txt . "pytest==9.2.0"
