@@ -411,8 +411,15 @@ def _ray_session(ray: ModuleType, address: str | None, verbose: bool) -> Iterato
     if ray.is_initialized():
         yield False
         return
-    ray.init(address=address, include_dashboard=False, log_to_driver=verbose,
-             logging_level=logging.INFO if verbose else logging.ERROR)
+    if address is not None and address.startswith("ray://"):
+        # Ray Client forwards unknown init arguments to the server's ray.init; it needs none.
+        ray.init(address=address)
+    else:
+        # Starting a local Ray: no dashboard (nobody looks at it during one CLI run). Joining a
+        # cluster (address "auto", or RAY_ADDRESS as Ray Jobs sets it): these only shape the
+        # driver's own console.
+        ray.init(address=address, include_dashboard=False, log_to_driver=verbose,
+                 logging_level=logging.INFO if verbose else logging.ERROR)
     try:
         yield True
     finally:
