@@ -9,6 +9,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 from synthetic_models import write_threshold_pair
@@ -17,8 +18,8 @@ from ossnet_deploy.atomic import remove_temporaries, temporary_sibling
 from ossnet_deploy.cli import main
 from ossnet_deploy.cohort import PlanError
 from ossnet_deploy.cohort_ray import RayOptions, plan_actors, require_ray
-from ossnet_deploy.errors import EXIT_DEPENDENCY, EXIT_USAGE, DependencyError
-from ossnet_deploy.manifest import CaseRecord, ManifestWriter, read_manifest
+from ossnet_deploy.errors import EXIT_DEPENDENCY, EXIT_INTERRUPTED, EXIT_USAGE, DependencyError
+from ossnet_deploy.manifest import MANIFEST_NAME, CaseRecord, ManifestWriter, read_manifest
 from ossnet_deploy.memory import case_peak_bytes, worker_bytes
 
 MiB = 2**20
@@ -118,3 +119,36 @@ def test_engine_options_are_checked(tmp_path: Path) -> None:
     assert code == EXIT_USAGE and "--actors needs --engine ray" in stderr
     code, stderr = run("--engine", "ray", "--threads", "2")
     assert code == EXIT_USAGE and "use --threads-per-actor" in stderr
+
+
+def test_local_ctrl_c_exits_130_with_a_manifest_of_what_finished(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import nibabel as nib
+    from synthetic_models import two_level_phantom
+
+    from ossnet_deploy import cli
+
+    model = tmp_path / "model"
+    write_threshold_pair(model, PREPROCESS)
+    cohort = tmp_path / "cohort"
+    cohort.mkdir()
+    for i in range(4):
+        nib.save(nib.Nifti1Image(two_level_phantom(centre=(8.0 + 2 * i, 12.0, 9.0), radius=3.0), np.eye(4)),
+                 cohort / f"sub{i}.nii.gz")
+    calls = []
+    real = cli.segment_case
+
+    def stop_at_the_third(*args: object, **kwargs: object) -> CaseRecord:
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(cli, "segment_case", stop_at_the_third)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["-i", str(cohort), "-o", str(out), "-m", str(model), "-d", "cpu"])
+    assert result.exit_code == EXIT_INTERRUPTED and "interrupted: 2 of 4 case(s) ended" in result.stderr
+    records = read_manifest(out / MANIFEST_NAME)
+    assert {r.case: r.status for r in records} == {"sub0": "done", "sub1": "done", "sub2": "interrupted",
+                                                   "sub3": "interrupted"}
+    assert sorted(p.name for p in out.iterdir()) == [MANIFEST_NAME, "sub0.nii.gz", "sub1.nii.gz"]
