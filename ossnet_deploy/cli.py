@@ -137,6 +137,8 @@ def _report(record: CaseRecord, console: _Console) -> None:
     """The line(s) one finished case prints, the same for both engines."""
     if record.status == "skipped":
         console.info(f"{record.case}: skipped, {record.output} exists (--overwrite replaces it)")
+    elif record.status == "interrupted":
+        console.info(f"{record.case}: interrupted, nothing written (a rerun segments it)")
     elif record.failed:
         console.error(record.error or f"{record.case}: {record.status}", detail=record.traceback)
     else:

@@ -233,10 +233,10 @@ def test_ctrl_c_leaves_no_partial_output_and_a_manifest_of_what_finished(model: 
     presser.start()
     with pytest.raises(CohortInterrupted) as stopped:
         segment_cohort(cohort, out, model=ModelOptions(model, device="cpu"), options=RayOptions(actors=2),
-                       settings=CaseSettings(), segmenter_factory=ProbeFactory(probes, delay=0.3))
+                       settings=CaseSettings(), segmenter_factory=ProbeFactory(probes, delay=0.5))
     presser.join()
     finished = {p.name.removesuffix(".nii.gz") for p in out.glob("*.nii.gz")}
-    time.sleep(1.0)  # > 3 cases' time per actor: the actors were stopped, nothing appears late
+    time.sleep(1.5)  # 3 cases per actor: had the actors not been stopped, outputs would appear
     assert {p.name.removesuffix(".nii.gz") for p in out.glob("*.nii.gz")} == finished
     statuses = _statuses(out)
     assert len(statuses) == 10 and 0 < stopped.value.ended < 10
