@@ -30,6 +30,7 @@ __all__ = [
     "Job",
     "ModelOptions",
     "PlanError",
+    "StopRequested",
     "is_cohort_input",
     "is_finished",
     "plan_jobs",
@@ -41,6 +42,10 @@ __all__ = [
 
 class PlanError(InputError):
     """The inputs and the output do not fit together (the CLI reports it as a usage error)."""
+
+
+class StopRequested(OssnetError):
+    """The run was interrupted while this case was segmented; nothing was written for it."""
 
 
 @dataclass(frozen=True)
@@ -145,12 +150,13 @@ def _same_file(a: Path, b: Path) -> bool:
 
 
 def run_job(job: Job, segmenter: Segmenter, settings: CaseSettings, *, progress: Any = None,
-            warn: Callable[[str], None] | None = None) -> SegmentationStats:
+            warn: Callable[[str], None] | None = None, stop: Callable[[], bool] | None = None) -> SegmentationStats:
     """Segment one case and write its outputs atomically; returns its statistics.
 
     With ``settings.fail_on_warning``, a case whose input or output the domain checks flag
     raises :class:`InputError` and nothing is written for it. ``warn`` receives messages that
-    do not fail the case (a preview that exists and was kept).
+    do not fail the case (a preview that exists and was kept). ``stop()`` is asked just before
+    writing: True (the run was interrupted) raises :class:`StopRequested` and writes nothing.
 
     Raises:
         OssnetError: the case cannot be segmented or written (the message names the file).
@@ -187,6 +193,9 @@ def run_job(job: Job, segmenter: Segmenter, settings: CaseSettings, *, progress:
                                   "nothing was written (--fail-on-warning)", found=" / ".join(stats.warnings),
                                   fix="check the input; without --fail-on-warning the result is written with "
                                       "these warnings"))
+    if stop is not None and stop():
+        raise StopRequested(describe(job.output, "the run was interrupted; nothing was written",
+                                     fix="rerun: finished outputs are skipped"))
     started = time.perf_counter()
     save_image(labels_img, job.output, overwrite=settings.overwrite)
     if settings.preview:
@@ -210,18 +219,24 @@ def skipped_record(job: Job, pair_id: str | None) -> CaseRecord:
 
 
 def segment_case(job: Job, segmenter: Segmenter, settings: CaseSettings, *, progress: Any = None,
-                 warn: Callable[[str], None] | None = None) -> CaseRecord:
+                 warn: Callable[[str], None] | None = None, stop: Callable[[], bool] | None = None) -> CaseRecord:
     """Segment one case (:func:`run_job`) and describe the outcome; never raises for the case.
 
     A user-caused failure (:class:`OssnetError`) becomes a ``failed`` record with its one-line
     message; any other exception (a bug) too, with its traceback kept, so one case can never
-    stop a cohort. ``KeyboardInterrupt`` and ``SystemExit`` pass through.
+    stop a cohort. ``KeyboardInterrupt`` and ``SystemExit`` pass through. ``stop`` (see
+    :func:`run_job`) is how a worker in another process learns that its run was interrupted:
+    the case then ends ``interrupted``, before any work when ``stop()`` is already True.
     """
     base = _base_record(job, segmenter.encoder_meta.pair_id)
     base["started_at"] = utc_now()
     started = time.perf_counter()
     try:
-        stats = run_job(job, segmenter, settings, progress=progress, warn=warn)
+        if stop is not None and stop():
+            raise StopRequested(describe(job.output, "the run was interrupted before this case started"))
+        stats = run_job(job, segmenter, settings, progress=progress, warn=warn, stop=stop)
+    except StopRequested as exc:
+        return CaseRecord(**base, status="interrupted", error=str(exc), error_type=type(exc).__name__)
     except OssnetError as exc:
         return CaseRecord(**base, status="failed", error=str(exc), error_type=type(exc).__name__,
                           seconds=time.perf_counter() - started, traceback=traceback.format_exc())

@@ -69,6 +69,11 @@ __all__ = [
 
 RAY_INSTALL = 'pip install "ossnet[ray]"'
 
+STOP_MARKER_PREFIX = ".ossnet-stop-"
+"""A hidden file ``<output>/.ossnet-stop-<run_id>``: the driver was interrupted, actors write nothing more."""
+STOP_GRACE_SECONDS = 2.0
+"""How long an interrupted driver that leaves the actors to Ray waits for them to see the marker."""
+
 SegmenterFactory = Callable[..., "Segmenter"]
 """Builds an actor's segmenter: called like ``Segmenter.from_dir(model_dir, threads=..., **kwargs)``."""
 
@@ -290,7 +295,7 @@ class _CaseWorker:
     Ray builds it from ``fn_constructor_kwargs`` in each actor process (again after a restart).
     """
 
-    def __init__(self, model: dict[str, Any], settings: dict[str, Any], threads: int,
+    def __init__(self, model: dict[str, Any], settings: dict[str, Any], threads: int, stop_marker: str,
                  factory: SegmenterFactory | None = None) -> None:
         from ossnet_deploy.segmenter import Segmenter
 
@@ -298,6 +303,7 @@ class _CaseWorker:
         make = factory if factory is not None else Segmenter.from_dir
         self.segmenter = make(options.model_dir, threads=threads, **options.segmenter_kwargs())
         self.settings = CaseSettings(**settings)
+        self.stop_marker = Path(stop_marker)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import numpy as np
@@ -309,7 +315,8 @@ class _CaseWorker:
             with warnings.catch_warnings():
                 # The findings travel in the record; the driver prints them once.
                 warnings.simplefilter("ignore", DomainWarning)
-                record = segment_case(_job_from_json(str(text)), self.segmenter, self.settings)
+                record = segment_case(_job_from_json(str(text)), self.segmenter, self.settings,
+                                      stop=self.stop_marker.exists)
             records.append(json.dumps(record.to_dict()))
         return {"record": np.asarray(records, dtype=object)}
 
@@ -532,21 +539,38 @@ def segment_cohort(
             if is_finished(job, settings):
                 keep(skipped_record(job, facts.pair_id))
         plan: ActorPlan | None = None
+        stop_marker = out / f"{STOP_MARKER_PREFIX}{run_id}"
+        session = {"started_here": False}
         if todo:
+            for stale in out.glob(f"{STOP_MARKER_PREFIX}*"):  # an earlier interrupted run's
+                stale.unlink(missing_ok=True)
             try:
                 with _ray_session(ray, options.address, verbose) as started_here:
+                    session["started_here"] = started_here
                     plan = plan_actors(ray.cluster_resources(), options,
                                        _memory_per_actor(todo, facts, model, options), len(todo))
                     if on_info is not None:
                         on_info(plan.describe() + ("" if started_here else " (an existing Ray session)"))
                     with _data_context(ray, progress_bars, verbose), contextlib.closing(
-                            _run_on_actors(ray, todo, plan, model, settings, options, segmenter_factory)) as stream:
-                        for text in stream:
-                            keep(CaseRecord.from_dict(json.loads(text)))
+                            _run_on_actors(ray, todo, plan, model, settings, options, segmenter_factory,
+                                           stop_marker)) as stream:
+                        try:
+                            for text in stream:
+                                keep(CaseRecord.from_dict(json.loads(text)))
+                        except KeyboardInterrupt:
+                            # Ray Data lets running actor tasks finish when a dataset is dropped;
+                            # the marker tells them to write nothing more.
+                            stop_marker.touch()
+                            raise
             except KeyboardInterrupt:
-                # The actors are stopped by now (Ray shut down, or the dataset's iterator closed);
-                # what they left half-written goes, and an output whose record was still on its
-                # way is reported as finished rather than lost.
+                if session["started_here"]:
+                    stop_marker.unlink(missing_ok=True)  # Ray is shut down: no actor is left
+                else:
+                    # The actors belong to a Ray session that lives on: give them time to
+                    # reach the marker (checked before each case and before each write).
+                    time.sleep(STOP_GRACE_SECONDS)
+                # What a stopped actor left half-written goes, and an output whose record was
+                # still on its way is reported as finished rather than lost.
                 _remove_leftovers(todo, settings, remove_temporaries)
                 for job in todo:
                     if job.case.name not in records:
@@ -569,8 +593,8 @@ def _remove_leftovers(jobs: Sequence[Job], settings: CaseSettings, remove: Calla
 
 
 def _run_on_actors(ray: ModuleType, jobs: Sequence[Job], plan: ActorPlan, model: ModelOptions,
-                   settings: CaseSettings, options: RayOptions,
-                   factory: SegmenterFactory | None) -> Generator[str, None, None]:
+                   settings: CaseSettings, options: RayOptions, factory: SegmenterFactory | None,
+                   stop_marker: Path) -> Generator[str, None, None]:
     """Stream the records (JSON text) of ``jobs`` back from the actor pool as cases end."""
     threads = str(plan.threads_per_actor)
     # Ray does not pin CPUs: without these, numpy/BLAS in every actor would size its pools to the
@@ -590,7 +614,8 @@ def _run_on_actors(ray: ModuleType, jobs: Sequence[Job], plan: ActorPlan, model:
         num_gpus=plan.gpus_per_actor or None,
         memory=plan.memory_per_actor,
         fn_constructor_kwargs={"model": model_kwargs, "settings": asdict(settings),
-                               "threads": plan.threads_per_actor, "factory": factory},
+                               "threads": plan.threads_per_actor, "stop_marker": os.fspath(stop_marker),
+                               "factory": factory},
         runtime_env={"env_vars": env},
         # Actors restart without limit (a lost node, an OOM kill), but one case is redone at most
         # max_retries times: Ray Data's default (-1) retries a case that kills its actor forever.
