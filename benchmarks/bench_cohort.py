@@ -13,8 +13,8 @@ available to this process).
 
 The cohort: ``--volumes`` copies of the bundled demo sample (``examples/demo_3004_t1.nii.gz``,
 197x233x189 at 1 mm), each a distinct file; or any folder with ``--cohort``. With the bundled
-model one such volume takes minutes on two cores, so the full benchmark is long; see
-docs/cohorts.md for the command. ``--model`` and ``--cohort`` also allow a smoke test on tiny
+model one such volume took 15-21 s on a 1-thread actor on two busy cores, so 20 volumes x 3
+programs x 2 repeats is about half an hour; docs/cohorts.md has the command. ``--model`` and ``--cohort`` also allow a smoke test on tiny
 volumes (``--smoke`` makes them).
 
 Usage::
