@@ -142,6 +142,11 @@ def _report(record: CaseRecord, console: _Console) -> None:
     elif record.failed:
         console.error(record.error or f"{record.case}: {record.status}", detail=record.traceback)
     else:
+        if record.engine == "ray":
+            # Locally the domain checks' warnings were shown as they were raised; an actor's
+            # come back in its record.
+            for finding in record.warnings:
+                console.warning(f"{record.case}: {finding}")
         line = f"{record.case}: {record.summary()} -> {record.output}"
         if console.verbose:
             line += "\n  " + ", ".join(f"{stage} {seconds:.2f}s" for stage, seconds in record.stage_seconds)

@@ -101,15 +101,21 @@ def _statuses(folder: Path, run: int = -1) -> dict[str, str]:
 
 def test_labels_equal_the_local_run_and_a_rerun_writes_only_what_is_missing(model: Path, tmp_path: Path) -> None:
     cohort = _cohort(tmp_path / "cohort", 6, broken=(5,))
+    flat = np.zeros_like(_phantom(0))
+    flat[10:20, 10:20, 8:16] = 20.0  # one grey level: an empty segmentation, which the domain check flags
+    nib.save(nib.Nifti1Image(flat, AFFINE), cohort / "sub06.nii.gz")
     local, remote = tmp_path / "local", tmp_path / "ray"
     code, _, stderr = _run_cli("-i", cohort, "-o", local, "-m", model, "-d", "cpu", "--threads", "1", "-q")
     assert code == 1 and "sub05.nii.gz: not a readable NIfTI file" in stderr
     code, stdout, stderr = _run_cli("-i", cohort, "-o", remote, "-m", model, "-d", "cpu", "--engine", "ray",
                                     "--actors", 2)
     assert code == 1, stderr
-    assert "sub05.nii.gz: not a readable NIfTI file" in stderr and "1 of 6 case(s) failed" in stderr
+    assert "sub05.nii.gz: not a readable NIfTI file" in stderr and "1 of 7 case(s) failed" in stderr
     assert "status" in stdout and "ray: 2 actor(s) x 1 thread(s)" in stdout
-    assert sorted(_fingerprint(remote)) == sorted(_fingerprint(local)) == [f"sub{i:02d}.nii.gz" for i in range(5)]
+    (warned,) = [r for r in read_manifest(remote / MANIFEST_NAME) if r.warnings]
+    assert warned.case == "sub06" and warned.status == "warned" and "segmentation is empty" in warned.warnings[0]
+    assert f"warning: sub06: {warned.warnings[0]}" in stderr  # the actor's finding, shown by the driver
+    assert sorted(_fingerprint(remote)) == sorted(_fingerprint(local)) == [f"sub{i:02d}.nii.gz" for i in (0, 1, 2, 3, 4, 6)]
     for i in range(5):
         name = f"sub{i:02d}.nii.gz"
         np.testing.assert_array_equal(_labels(remote / name), _labels(local / name))
@@ -133,7 +139,7 @@ def test_labels_equal_the_local_run_and_a_rerun_writes_only_what_is_missing(mode
     after = _fingerprint(remote)
     assert {n for n in after if after[n] != before.get(n)} == {"sub01.nii.gz", "sub03.nii.gz", "sub05.nii.gz"}
     rerun = _statuses(remote)
-    assert {c for c, s in rerun.items() if s == "skipped"} == {"sub00", "sub02", "sub04"}
+    assert {c for c, s in rerun.items() if s == "skipped"} == {"sub00", "sub02", "sub04", "sub06"}
     assert {c for c, s in rerun.items() if s in ("done", "warned")} == {"sub01", "sub03", "sub05"}
     np.testing.assert_array_equal(_labels(remote / "sub05.nii.gz"), expected_threshold_labels(_phantom(5)))
 
