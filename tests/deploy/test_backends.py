@@ -146,7 +146,7 @@ def test_bad_thread_count(decoder_path: Path) -> None:
 
 def test_explicit_cuda_on_cpu_only_raises(decoder_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(devices, "available_providers", lambda: (CPU_PROVIDER,))
-    with pytest.raises(DependencyError, match=r"pip uninstall -y onnxruntime && pip install onnxruntime-gpu"):
+    with pytest.raises(DependencyError, match=r'pip uninstall -y onnxruntime && pip install "onnxruntime-gpu\[cuda,cudnn\]=='):
         OrtBackend(decoder_path, device="cuda:0")
 
 
@@ -282,7 +282,9 @@ def test_trt_version_and_gpu_queries_raise_dependency_errors(monkeypatch: pytest
 
     monkeypatch.setattr(importlib.metadata, "version", no_dist)
     monkeypatch.setitem(sys.modules, "tensorrt", None)  # import tensorrt -> ImportError
-    with pytest.raises(DependencyError, match=r"TensorRT engines need the tensorrt package .*ossnet\[trt\]"):
+    # Without onnxruntime-gpu here, the fix names the recommended build's TensorRT, from NVIDIA's index.
+    with pytest.raises(DependencyError, match=r"TensorRT engines need the tensorrt package .*TensorRT 10, CUDA 13.*"
+                       r'Fix: pip install --extra-index-url https://pypi\.nvidia\.com "tensorrt-cu13>=10,<11"$'):
         trt.tensorrt_version()
 
     def no_driver(name: str) -> object:

@@ -133,7 +133,10 @@ def test_missing_tensorrt_gives_one_message_with_the_install_command() -> None:
     message = str(info.value)
     assert "\n" not in message
     assert message.count(trt.TRT_INSTALL_COMMAND) == 1
-    assert "pip uninstall -y onnxruntime && pip install onnxruntime-gpu tensorrt" in message
+    # The TensorRT major the recommended onnxruntime-gpu's provider links against, from NVIDIA's index
+    # (never a bare `tensorrt`, which resolves to TensorRT 11).
+    assert ('pip uninstall -y onnxruntime && pip install --extra-index-url https://pypi.nvidia.com '
+            '"onnxruntime-gpu[cuda,cudnn]==1.31.1" "tensorrt-cu13>=10,<11"') in message
     for missing in ("no TensorrtExecutionProvider", "tensorrt package is not installed", "no NVIDIA GPU"):
         assert missing in message
     assert "ONNX graphs were written and verified" in message
@@ -159,7 +162,7 @@ def test_detect_environment_reports_this_machine() -> None:
 def test_build_engine_refuses_before_touching_anything(tmp_path: Path) -> None:
     source = tmp_path / "decoder.onnx"
     source.write_bytes(b"not read")
-    with pytest.raises(DependencyError, match="onnxruntime-gpu tensorrt"):
+    with pytest.raises(DependencyError, match=r'"tensorrt-cu13>=10,<11"'):
         trt.build_engine(source, env=CPU_ENV, profile=trt.QueryProfile(), inputs={}, precision="fp32",
                          cache_dir=tmp_path / "cache")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["decoder.onnx"]
