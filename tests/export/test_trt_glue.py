@@ -149,6 +149,28 @@ def test_a_complete_environment_passes() -> None:
     assert partial.missing() == ["no NVIDIA GPU 0 was found"]
 
 
+def test_a_tensorrt_major_the_provider_cannot_load_is_refused_with_its_fix() -> None:
+    from ossnet_deploy.backends.elf_needed import read_dynamic
+    from ossnet_deploy.gpu_versions import ProviderNeeds
+
+    fixture = Path(__file__).resolve().parents[1] / "data" / "gpu" / "onnxruntime_gpu-1.31.1_providers_tensorrt.elf"
+    needs = ProviderNeeds("onnxruntime-gpu 1.31.1", read_dynamic(fixture).needed)
+    trt11 = trt.TrtEnvironment(providers=GPU_ENV.providers, tensorrt_version="11.4.0.106", compute_capability="9.0",
+                               provider_needs=needs, tensorrt_distributions=("tensorrt", "tensorrt-cu13"))
+    with pytest.raises(DependencyError) as info:
+        trt.require_environment(trt11)
+    message = str(info.value)
+    assert "TensorRT 11.4.0.106 (tensorrt, tensorrt-cu13) is installed, but onnxruntime-gpu 1.31.1 needs TensorRT 10" in message
+    assert message.endswith('run `pip uninstall -y tensorrt tensorrt-cu13 && pip install --extra-index-url '
+                            'https://pypi.nvidia.com "tensorrt-cu13>=10,<11"`, then re-run with --trt')
+    trt10 = trt.TrtEnvironment(**{**trt11.__dict__, "tensorrt_version": "10.16.1.11",
+                                  "tensorrt_distributions": ("tensorrt-cu13", "tensorrt-cu13-libs")})
+    trt.require_environment(trt10)
+    # onnxruntime-gpu present, tensorrt missing: only TensorRT is to be installed.
+    none = trt.TrtEnvironment(**{**trt11.__dict__, "tensorrt_version": None, "tensorrt_distributions": ()})
+    assert none.install_command() == 'pip install --extra-index-url https://pypi.nvidia.com "tensorrt-cu13>=10,<11"'
+
+
 def test_detect_environment_reports_this_machine() -> None:
     import onnxruntime as ort
 
