@@ -209,8 +209,8 @@ def plan_providers(
         try:
             return plan_providers(DeviceRequest("trt", req.index, req.text), available=offered)
         except DependencyError as exc:
-            # Only the version check raises here (the provider is offered): the engines cannot
-            # run, CUDA still can.
+            # Only the TensorRT checks raise here (the provider is offered): a TensorRT of
+            # another major, or an unreadable provider library. The engines cannot run; CUDA can.
             warn_once(f"{exc}; running without the TensorRT engines")
     if CUDA_PROVIDER in offered:
         return cuda_plan()
