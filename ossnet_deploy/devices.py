@@ -211,7 +211,7 @@ def plan_providers(
         except DependencyError as exc:
             # Only the TensorRT checks raise here (the provider is offered): a TensorRT of
             # another major, or an unreadable provider library. The engines cannot run; CUDA can.
-            warn_once(f"{exc}; running without the TensorRT engines")
+            warn_once(f"device 'auto' runs without the TensorRT engines: {exc}")
     if CUDA_PROVIDER in offered:
         return cuda_plan()
     return cpu

@@ -233,7 +233,8 @@ def test_explicit_trt_takes_tensorrt_10(gpu_install: pytest.MonkeyPatch) -> None
 
 def test_auto_warns_and_takes_cuda_on_a_mismatch(gpu_install: pytest.MonkeyPatch) -> None:
     _install_tensorrt(gpu_install, TRT11)
-    with pytest.warns(RuntimeWarning, match=r"TensorRT 11\.4\.0\.106 .*running without the TensorRT engines"):
+    with pytest.warns(RuntimeWarning, match=r"^device 'auto' runs without the TensorRT engines: .*TensorRT 11\.4\.0\.106 .*"
+                      + re.escape(INSTALL_10) + "$"):
         plan = plan_providers("auto", available=WITH_TRT, has_trt_engine=True)
     assert plan.label == "cuda:0"
 
