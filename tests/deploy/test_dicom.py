@@ -521,3 +521,11 @@ def test_label_codes_are_needed_for_seg_and_checked_first(series: dict[str, Path
     assert code == 1 and "labels without a coded meaning" in stderr and "'bright'" in stderr
     assert "of dense" not in stdout  # refused before segmenting
     assert not (tmp_path / "seg.dcm").exists()
+
+
+def test_the_bundled_model_has_codes_for_seg_output() -> None:
+    # Exported before ossnet.label_codes existed: its "white_matter" label takes the known table's codes.
+    with Segmenter.from_dir(None, device="cpu", threads=1) as segmenter:
+        assert segmenter.encoder_meta.label_codes is None
+        code = segmenter.label_codes()["1"]
+    assert (code.category.value, code.type.value, code.type.meaning) == ("91723000", "389080008", "White Matter")
