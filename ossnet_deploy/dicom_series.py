@@ -82,7 +82,7 @@ _NON_IMAGE_SOP_PREFIXES = (
     "1.2.840.10008.5.1.4.1.1.481.",  # RT objects
     "1.2.840.10008.5.1.4.1.1.11.",  # presentation states
     "1.2.840.10008.5.1.4.1.1.104.",  # encapsulated PDF/CDA
-    "1.2.840.10008.5.1.4.1.1.7",  # secondary capture (screenshots, not volumes)
+    "1.2.840.10008.5.1.4.1.1.7",  # secondary capture (screenshots) and, as 1.1.77.*, VL photographs
 )
 _DECODER_PACKAGES = {
     "1.2.840.10008.1.2.4.50": "pylibjpeg pylibjpeg-libjpeg (or python-gdcm)",
@@ -255,7 +255,7 @@ def _skip_reason(header: Any) -> str | None:
     if modality in _NON_IMAGE_MODALITIES:
         return f"{modality} object(s)"
     if sop.startswith(_NON_IMAGE_SOP_PREFIXES):
-        return "non-image or secondary-capture object(s)"
+        return "non-image, secondary-capture or photographic object(s)"
     if "Rows" not in header or "Columns" not in header:
         return "object(s) without pixel data"
     image_type = [str(v).upper() for v in (getattr(header, "ImageType", None) or [])]

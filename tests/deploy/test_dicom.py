@@ -243,6 +243,14 @@ def _bad_echoes(root: Path) -> None:
                      shuffle_seed=echo)
 
 
+def _bad_diffusion(root: Path) -> None:
+    uid = pydicom.uid.generate_uid()
+    for b in (0, 1000):
+        def set_b(ds: pydicom.Dataset, k: int, b: int = b) -> None:
+            ds.DiffusionBValue = float(b)
+        write_series(root / f"b{b}", _phantom(), GEOMETRIES["axial"], series_uid=uid, edit=set_b, shuffle_seed=b)
+
+
 def _bad_no_position(root: Path) -> None:
     def drop(ds: pydicom.Dataset, k: int) -> None:
         if k == 2:
@@ -267,6 +275,7 @@ MALFORMED = {
     "uneven_spacing": (_bad_uneven, InputError, "uneven slice spacing"),
     "mixed_orientation": (_bad_mixed_orientation, InputError, "mixed orientation"),
     "several_echoes": (_bad_echoes, InputError, "holds 2 volumes, not one (several echoes)"),
+    "diffusion": (_bad_diffusion, InputError, "holds 2 volumes, not one (diffusion weighting"),
     "missing_position": (_bad_no_position, InputError, "without the position tags"),
     "enhanced_multiframe": (_bad_multiframe, InputError, "multi-frame DICOM objects are not read"),
 }
