@@ -1,4 +1,4 @@
-"""``ossnet-segment``: segment NIfTI volumes, one file, one case or a cohort folder.
+"""``ossnet-segment``: segment NIfTI volumes or DICOM series, one case or a cohort folder.
 
 Examples::
 
@@ -6,6 +6,9 @@ Examples::
     ossnet-segment -i BraTS20_001/ -o out/ -m model/            # a BraTS case folder
     ossnet-segment -i case_0000.nii.gz,case_0001.nii.gz -o out/  # per-channel files
     ossnet-segment -i cohort/ -o out/ --num-parts 4 --part-id 0 # a quarter of a cohort
+    ossnet-segment -i series_dir/ -o seg.dcm                    # DICOM in, DICOM SEG out
+    ossnet-segment -i study.zip -o seg.nii.gz --series-uid 1.2.3 # one series of a study, NIfTI out
+    ossnet-segment -i studies/ -o out/                          # one study per sub-folder or zip
 
 Exit codes: 0 all done (finished outputs skipped count as done); 1 some inputs failed (the
 rest were processed); 2 usage error (bad option, unusable model folder); 3 missing dependency
@@ -52,16 +55,22 @@ _MODES = ("adaptive", "reference", "dense")
 
 @dataclass(frozen=True)
 class _Job:
-    """One case and where its outputs go."""
+    """One case and where its outputs go.
+
+    ``dicom``: the case's files are DICOM folders or zips, one per channel, read with
+    ``series_uids`` (one per file, None: the only series) (docs/design.md#dicom).
+    """
 
     case: Case
     output: Path
+    dicom: bool = False
+    series_uids: tuple[str | None, ...] = ()
 
     @property
     def preview(self) -> Path:
         """``<name>.png`` beside the output (``out/case.nii.gz`` -> ``out/case.png``)."""
         name = self.output.name
-        for suffix in (".nii.gz", ".nii"):
+        for suffix in (".nii.gz", ".nii", ".dcm"):
             if name.lower().endswith(suffix):
                 name = name[: -len(suffix)]
                 break
@@ -127,15 +136,68 @@ def _is_nifti_name(path: Path) -> bool:
     return path.name.lower().endswith((".nii.gz", ".nii"))
 
 
-def _plan_jobs(inputs: list[Path], output: Path, channels: tuple[str, ...]) -> list[_Job]:
+def _is_seg_name(path: Path) -> bool:
+    return path.name.lower().endswith(".dcm")
+
+
+def _plan_dicom_jobs(inputs: list[Path], output: Path, series_uids: tuple[str, ...],
+                     output_format: str) -> list[_Job]:
+    """Cases and outputs for DICOM inputs (docs/design.md#dicom, "Folder runs").
+
+    One ``-i`` folder (or zip) is one case when it holds one study, otherwise a folder of cases
+    (one study per sub-folder or zip); several ``-i`` are the channels of one case.
+    """
+    from ossnet_deploy.inputs import Case, dicom_cases, is_dicom_zip
+
+    if series_uids and len(series_uids) != len(inputs):
+        raise click.UsageError(f"give one --series-uid per -i input ({len(inputs)}), not {len(series_uids)}")
+    uids: tuple[str | None, ...] = series_uids or (None,) * len(inputs)
+    if len(inputs) == 1 and inputs[0].is_dir() and not is_dicom_zip(inputs[0]):
+        cases = dicom_cases(inputs[0])
+    else:
+        first = inputs[0]
+        cases = [Case(first.name[: -len(".zip")] if is_dicom_zip(first) else (first.resolve().name or "dicom"),
+                      tuple(inputs))]
+    if len(cases) > 1 and series_uids:
+        raise click.UsageError(f"-i {inputs[0]} holds several studies (a folder run); --series-uid picks a series "
+                               "of one case only: pass that case's folder or zip")
+    output_is_file = _is_nifti_name(output) or _is_seg_name(output)
+    if output_is_file and len(cases) > 1:
+        raise click.UsageError(f"-i {inputs[0]} is a folder of {len(cases)} studies, so -o must be a folder, "
+                               f"not {output}")
+    if output_is_file:
+        if output_format != "auto" and (output_format == "seg") != _is_seg_name(output):
+            raise click.UsageError(f"--output-format {output_format} does not fit -o {output}")
+        return [_Job(cases[0], output, True, uids)]
+    suffix = ".nii.gz" if output_format == "nifti" else ".dcm"
+    return [_Job(case, output / f"{case.name}{suffix}", True, uids) for case in cases]
+
+
+def _plan_jobs(inputs: list[Path], output: Path, channels: tuple[str, ...], series_uids: tuple[str, ...] = (),
+               output_format: str = "auto") -> list[_Job]:
     """Turn the ``-i`` values into cases and output paths.
 
     Raises:
         click.UsageError: the inputs and ``-o`` do not fit together.
         InputError: a folder input that does not exist.
     """
-    from ossnet_deploy.inputs import Case, case_folder_files, case_name, discover_cases
+    from ossnet_deploy.dicom_series import is_dicom_input
+    from ossnet_deploy.inputs import Case, case_folder_files, case_name, discover_cases, is_dicom_zip
 
+    def dicom(p: Path) -> bool:
+        # A folder of NIfTI cases stays one even if a DICOM file lies somewhere in it.
+        return is_dicom_zip(p) or (p.is_dir() and not discover_cases(p, channels) and is_dicom_input(p))
+
+    kinds = [dicom(p) for p in inputs]
+    if any(kinds):
+        if not all(kinds):
+            raise click.UsageError("mix of DICOM and NIfTI inputs: give the channels of a case in one form")
+        return _plan_dicom_jobs(inputs, output, series_uids, output_format)
+    if series_uids:
+        raise click.UsageError("--series-uid picks a series of a DICOM input; the inputs are not DICOM")
+    if _is_seg_name(output) or output_format == "seg":
+        raise click.UsageError("DICOM SEG output (.dcm) needs DICOM input (a series folder or zip); write NIfTI "
+                               "(.nii.gz) for NIfTI inputs")
     output_is_file = _is_nifti_name(output)
     if len(inputs) == 1 and inputs[0].is_dir():
         folder = inputs[0]
@@ -154,6 +216,13 @@ def _plan_jobs(inputs: list[Path], output: Path, channels: tuple[str, ...]) -> l
     if output_is_file:
         return [_Job(case, output) for case in cases]
     return [_Job(case, output / f"{case.name}.nii.gz") for case in cases]
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    try:
+        return path.resolve().is_relative_to(folder.resolve())
+    except OSError:
+        return False
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -185,25 +254,44 @@ def _run_job(job: _Job, segmenter: Segmenter, *, fit: str, overwrite: bool, prev
         if _same_file(source, job.output) or (preview and _same_file(source, job.preview)):
             raise InputError(describe(job.output, "output would replace an input file", found=str(source),
                                       fix="choose another output path (-o)"))
-    image = list(case.files) if len(case.files) > 1 else case.files[0]
+        if job.dicom and source.is_dir() and _inside(job.output, source):
+            raise InputError(describe(job.output, "output inside the DICOM input folder", found=str(source),
+                                      fix="write outputs elsewhere (-o); ossnet writes nothing next to its inputs"))
+    if _is_seg_name(job.output):
+        segmenter.label_codes()  # a model whose labels have no codes fails before the work, not after
+    image: Any
+    if job.dicom:
+        from ossnet_deploy.inputs import DicomSource
+
+        sources = [DicomSource(p, uid) for p, uid in zip(case.files, job.series_uids, strict=True)]
+        image = sources if len(sources) > 1 else sources[0]
+    else:
+        image = list(case.files) if len(case.files) > 1 else case.files[0]
     # The input's grey levels for the preview are taken while it is in memory anyway, as 8-bit
     # levels (a quarter of the float input), instead of reading and decoding the file again.
     kept: dict[str, Any] = {}
 
-    def keep_preview_grey(volume: VolumeInput) -> None:
-        kept["grey"] = grey_levels(volume.data[0])
-        kept["affine"] = np.asarray(volume.affine)
+    def keep_from_input(volume: VolumeInput) -> None:
+        kept["dicom"] = volume.dicom  # the headers only: the raw data must be released after preparing
+        if preview:
+            kept["grey"] = grey_levels(volume.data[0])
+            kept["affine"] = np.asarray(volume.affine)
 
     reset_peak_rss()  # this case's peak, not the run's (the CLI owns the process)
-    labels_img, stats = segmenter.segment_with_stats(image, fit=fit, progress=progress,
-                                                     on_read=keep_preview_grey if preview else None)
+    labels_img, stats = segmenter.segment_with_stats(image, fit=fit, progress=progress, on_read=keep_from_input)
     if fail_on_warning and stats.warnings:
         raise InputError(describe(case.files[0], "the input or its segmentation lies outside what the model knows; "
                                   "nothing was written (--fail-on-warning)", found=" / ".join(stats.warnings),
                                   fix="check the input; without --fail-on-warning the result is written with "
                                       "these warnings"))
     started = time.perf_counter()
-    save_image(labels_img, job.output, overwrite=overwrite)
+    if _is_seg_name(job.output):
+        if kept.get("dicom") is None:
+            raise InputError(describe(case.files[0], "DICOM SEG output needs a DICOM input",
+                                      fix="write NIfTI output (.nii.gz)"))
+        segmenter.save_dicom_seg(labels_img, kept["dicom"], job.output, overwrite=overwrite)
+    else:
+        save_image(labels_img, job.output, overwrite=overwrite)
     if preview:
         try:
             write_preview(job.preview, kept["grey"], np.asarray(labels_img.dataobj), kept["affine"],
@@ -260,10 +348,18 @@ class _StageBar:
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("-i", "--input", "inputs", multiple=True, required=True, metavar="PATH",
               help="A NIfTI file; per-channel files of one case (repeat -i or separate with commas, in the "
-                   "model's channel order); a case folder (BraTS: *_flair, *_t1, ...); or a folder of cases "
-                   "(NIfTI files, nnU-Net <case>_0000.nii.gz groups or case folders).")
+                   "model's channel order); a case folder (BraTS: *_flair, *_t1, ...); a folder of cases "
+                   "(NIfTI files, nnU-Net <case>_0000.nii.gz groups or case folders); or DICOM: a folder (any "
+                   "names, nested) or .zip of one study, one per channel, or a folder of studies (one per "
+                   "sub-folder or zip). DICOM needs pip install 'ossnet[dicom]'.")
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), metavar="PATH",
-              help="Output file (.nii.gz/.nii) for one case, or a folder: <case>.nii.gz in it.")
+              help="Output file for one case: .nii.gz/.nii, or .dcm (DICOM SEG, for DICOM input); or a folder: "
+                   "<case>.nii.gz in it (<case>.dcm for DICOM input).")
+@click.option("--series-uid", "series_uids", multiple=True, metavar="UID",
+              help="DICOM: the SeriesInstanceUID to read when an input holds several image series (one per -i, "
+                   "in the same order). Without it such an input fails, listing its series.")
+@click.option("--output-format", type=click.Choice(["auto", "nifti", "seg"]), default="auto", show_default=True,
+              help="DICOM input with a folder -o: seg (<case>.dcm, the default) or nifti (<case>.nii.gz).")
 @click.option("-m", "--model", "model_dir", type=click.Path(path_type=Path), default=None, metavar="FOLDER",
               help="Model folder written by ossnet-export (default: the bundled mni-wm-demo model).")
 @click.option("-d", "--device", default="auto", show_default=True,
@@ -302,6 +398,8 @@ def main(
     ctx: click.Context,
     inputs: tuple[str, ...],
     output: Path,
+    series_uids: tuple[str, ...],
+    output_format: str,
     model_dir: Path | None,
     device: str,
     precision: str,
@@ -319,7 +417,7 @@ def main(
     quiet: bool,
     verbose: bool,
 ) -> None:
-    """Segment 3D NIfTI volumes with an exported OSS-Net model (no PyTorch needed)."""
+    """Segment 3D NIfTI volumes or DICOM series with an exported OSS-Net model (no PyTorch needed)."""
     from ossnet_deploy.devices import parse_device
 
     console = _Console(quiet=quiet, verbose=verbose)
@@ -335,7 +433,8 @@ def main(
     with _warnings_as_lines(console):
         ctx.exit(_segment_all(paths, output, model_dir, device, precision, mode, interpolation_margin, max_queries,
                               threads, fit, num_parts, part_id, overwrite, preview, disable_progress_bar, console,
-                              fail_on_warning=fail_on_warning))
+                              fail_on_warning=fail_on_warning, series_uids=series_uids,
+                              output_format=output_format))
 
 
 def _load(model_dir: Path | None, device: str, precision: str, mode: str, interpolation_margin: float | None,
@@ -357,7 +456,7 @@ def _load(model_dir: Path | None, device: str, precision: str, mode: str, interp
 def _segment_all(paths: list[Path], output: Path, model_dir: Path | None, device: str, precision: str, mode: str,
                  interpolation_margin: float | None, max_queries: int | None, threads: int | None, fit: str, num_parts: int, part_id: int,
                  overwrite: bool, preview: bool, disable_progress_bar: bool, console: _Console, *,
-                 fail_on_warning: bool = False) -> int:
+                 fail_on_warning: bool = False, series_uids: tuple[str, ...] = (), output_format: str = "auto") -> int:
     from tqdm import tqdm
 
     from ossnet_deploy.inputs import shard
@@ -367,7 +466,10 @@ def _segment_all(paths: list[Path], output: Path, model_dir: Path | None, device
         return loaded
     segmenter = loaded
     try:
-        jobs = _plan_jobs(paths, output, segmenter.channels)
+        jobs = _plan_jobs(paths, output, segmenter.channels, series_uids, output_format)
+    except DependencyError as exc:
+        console.error(str(exc), exc)
+        return EXIT_DEPENDENCY
     except InputError as exc:
         console.error(str(exc), exc)
         return EXIT_SOME_FAILED
