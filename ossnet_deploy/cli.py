@@ -364,8 +364,8 @@ class _StageBar:
               help="Model folder written by ossnet-export (default: the bundled mni-wm-demo model).")
 @click.option("-d", "--device", default="auto", show_default=True,
               help="auto, cpu, openvino, cuda, cuda:N, gpu, gpu:N or trt[:N]. auto takes TensorRT, CUDA, CPU, as "
-                   "available. openvino: the CPU with the decoder compiled by OpenVINO (pip install "
-                   "'ossnet[openvino]'), about 1.5x faster there.")
+                   "available; on the CPU it runs the decoder in OpenVINO where installed (about 1.5x faster "
+                   "than ONNX Runtime alone). cpu: ONNX Runtime only. openvino: OpenVINO or an error.")
 @click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
               help="fp16 uses decoder.fp16.onnx (for GPUs).")
 @click.option("--mode", type=click.Choice(_MODES), default="adaptive", show_default=True,

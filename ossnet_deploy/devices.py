@@ -3,8 +3,9 @@
 A device string names where the graphs run: ``"auto"``, ``"cpu"``, ``"openvino"``, ``"cuda"``,
 ``"cuda:N"``, ``"trt"`` or ``"trt:N"``; ``"gpu"`` / ``"gpu:N"`` are aliases of ``cuda``
 (TotalSegmentator's spelling), ``"ov"`` of ``openvino``. ``openvino`` is the CPU with the decoder
-compiled by OpenVINO (optional package; ``ossnet_deploy.backends.openvino``) and the encoder in
-ONNX Runtime's CPU provider. :func:`parse_device` turns the string into a :class:`DeviceRequest`;
+compiled by OpenVINO (``ossnet_deploy.backends.openvino``; a core dependency where OpenVINO ships
+wheels) and the encoder in ONNX Runtime's CPU provider; ``auto`` on a CPU does the same when
+openvino is installed (``ossnet_deploy.model``) and ``cpu`` never does. :func:`parse_device` turns the string into a :class:`DeviceRequest`;
 :func:`plan_providers` turns a request and the providers this ONNX Runtime build offers into a
 :class:`ProviderPlan` (the provider list handed to ``InferenceSession``).
 

@@ -257,7 +257,8 @@ class Segmenter:
         Args:
             model_dir: a folder written by ``ossnet-export`` (``encoder.onnx``, ``decoder.onnx``,
                 optionally ``decoder.fp16.onnx`` and TensorRT engines).
-            device: ``auto`` (TensorRT, CUDA, CPU, as available), ``cpu``, ``openvino``,
+            device: ``auto`` (TensorRT, CUDA, CPU, as available; on the CPU the decoder runs in
+                OpenVINO where it is installed), ``cpu`` (ONNX Runtime only), ``openvino``,
                 ``cuda[:N]``, ``gpu[:N]`` or ``trt[:N]``.
             precision: ``fp32`` or ``fp16`` (the ``decoder.fp16.onnx`` graph; meant for GPUs).
             max_queries: decoder queries per call (the memory cap; default

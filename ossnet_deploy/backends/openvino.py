@@ -23,8 +23,9 @@ Threads: ``INFERENCE_NUM_THREADS`` (default: the physical cores this process may
 stream, latency hint. Thread safety: every ``run`` takes an infer request from a pool (a new one
 when all are busy), so concurrent calls never share one.
 
-openvino is an optional dependency (``pip install 'ossnet[openvino]'``), imported when a backend
-is created.
+openvino is a core dependency on the platforms it ships wheels for (x86-64 and ARM64; elsewhere
+``pip install 'ossnet[openvino]'`` names it), imported only when a backend is created. ``auto``
+on a CPU uses this backend for the decoder when the import works (``ossnet_deploy.model``).
 """
 
 from __future__ import annotations
