@@ -222,8 +222,9 @@ def study(args: argparse.Namespace, models: list[tuple[str, Path, str | None]]) 
              f"({MATMUL_WIDTH} x {MATMUL_WIDTH}), each its own process, alternated {args.repeats} times; medians of "
              f"{args.calls} calls per process after one warm-up call. Fractions are per-repeat ratios, median. "
              "Target: decoder compute >= 50 % of the MatMul rate, with FLOPs as defined (docs/design.md#measuring).",
-             "The decoder runs in ONNX Runtime's CPU provider and, where openvino is installed, in OpenVINO "
-             "(`device=\"openvino\"`: static query buckets, elementwise chains fused); the yardstick is ONNX "
+             "The decoder runs in ONNX Runtime's CPU provider (`device=\"cpu\"`) and, where openvino is installed, "
+             "in OpenVINO (`device=\"openvino\"`: static query buckets, elementwise chains fused; what "
+             "`device=\"auto\"`, the default, runs on a CPU where openvino is installed); the yardstick is ONNX "
              "Runtime's MatMul for both.",
              "", table(["model", "variant / preset", "decoder runs in", "MFLOP/query as defined", "as executed", "queries/s (graph)",
                         "queries/s (with patch cutting)", "decoder GFLOP/s (as defined)", "MatMul GFLOP/s",

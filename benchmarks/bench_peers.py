@@ -4,6 +4,10 @@ Programs (each run is one fresh process: read the input, segment, labels in memo
 as a user's command line would do it):
 
 * ``ossnet-ort``: :class:`ossnet_deploy.Segmenter`, adaptive scheduler, ONNX Runtime (the product).
+* ``ossnet-auto``: the same with ``device="auto"``, what a default install runs: on a CPU the
+  decoder in OpenVINO where openvino is installed (a core dependency there), else ONNX Runtime;
+  the device it resolved to is recorded per run.
+* ``ossnet-ov``: the same with ``device="openvino"`` (the decoder in OpenVINO, or an error).
 * ``ossnet-ort-reference``: the same with the paper's ``reference`` scheduler.
 * ``ossnet-torch``: the same model as trained (PyTorch eager, its checkpoint), the same adaptive
   scheduler through :func:`ossnet_deploy.scheduler.run_scheduler` with a torch ``decode`` callable
@@ -69,10 +73,10 @@ from harness import (
 )
 from workloads import DEFAULT_ROOT, MANIFEST, Workload, load_manifest
 
-PROGRAMS = ("ossnet-ort", "ossnet-ov", "ossnet-ort-reference", "ossnet-torch", "unet3d", "monai")
+PROGRAMS = ("ossnet-ort", "ossnet-auto", "ossnet-ov", "ossnet-ort-reference", "ossnet-torch", "unet3d", "monai")
 SCALING_PROGRAMS = ("ossnet-ort", "ossnet-ov", "unet3d", "monai")
 #: the Segmenter programs and their device strings
-OSSNET_DEVICES = {"ossnet-ort": "cpu", "ossnet-ov": "openvino", "ossnet-ort-reference": "cpu"}
+OSSNET_DEVICES = {"ossnet-ort": "cpu", "ossnet-auto": "auto", "ossnet-ov": "openvino", "ossnet-ort-reference": "cpu"}
 #: the product, the denominator of every ratio
 BASELINE = "ossnet-ort"
 DEFAULT_MONAI_PATH = REPO / ".bench-deps"
@@ -95,8 +99,9 @@ def _save_labels(labels: np.ndarray, path: str | None) -> None:
 
 
 def _worker_ossnet(spec: dict[str, Any]) -> dict[str, Any]:
-    """Segmenter on ``spec["device"]`` (cpu: ONNX Runtime; openvino: its decoder in OpenVINO) in
-    ``spec["mode"]``: stage times, queries, peaks."""
+    """Segmenter on ``spec["device"]`` (cpu: ONNX Runtime; openvino: its decoder in OpenVINO; auto:
+    what a default install picks, recorded as ``device``) in ``spec["mode"]``: stage times,
+    queries, peaks."""
     started = time.perf_counter()
     from ossnet_deploy.segmenter import Segmenter
 
@@ -112,7 +117,8 @@ def _worker_ossnet(spec: dict[str, Any]) -> dict[str, Any]:
             "stage_queries": [list(s) for s in stats.stage_queries], "queries": stats.total_queries,
             "dense_queries": stats.dense_queries, "max_queries": stats.max_queries, "import_seconds": imported,
             "interpolated": sum(s.interpolated for s in stats.scheduler.stages) if stats.scheduler else 0,
-            "load_seconds": loaded - imported, "input_shape": list(stats.input_shape), **peaks}
+            "load_seconds": loaded - imported, "input_shape": list(stats.input_shape), "device": seg.device,
+            **peaks}
 
 
 def _torch_threads(threads: int) -> None:
@@ -495,7 +501,8 @@ def _targets(entries: dict[str, dict[str, Any]]) -> list[list[object]]:
         runs = entry["runs"]
         if "monai" not in runs:
             continue
-        for program, how in ((BASELINE, "ONNX Runtime"), ("ossnet-ov", "OpenVINO decoder")):
+        for program, how in ((BASELINE, "ONNX Runtime"), ("ossnet-auto", "default install (device auto)"),
+                             ("ossnet-ov", "OpenVINO decoder")):
             if program not in runs:
                 continue
             # Per-repeat ratios against this program (the ratio table is against ossnet-ort only).

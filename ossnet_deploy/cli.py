@@ -1,4 +1,4 @@
-"""``ossnet-segment``: segment NIfTI volumes, one file, one case or a cohort folder.
+"""``ossnet-segment``: segment NIfTI volumes or DICOM series, one case or a cohort folder.
 
 Examples::
 
@@ -7,6 +7,10 @@ Examples::
     ossnet-segment -i case_0000.nii.gz,case_0001.nii.gz -o out/  # per-channel files
     ossnet-segment -i cohort/ -o out/ --num-parts 4 --part-id 0 # a quarter of a cohort
     ossnet-segment -i cohort/ -o out/ --engine ray --actors 8    # Ray actors (docs/cohorts.md)
+    ossnet-segment -i series_dir/ -o seg.dcm                    # DICOM in, DICOM SEG out
+    ossnet-segment -i study.zip -o seg.nii.gz --series-uid 1.2.3 # one series of a study, NIfTI out
+    ossnet-segment -i studies/ -o out/                          # one study per sub-folder or zip
+    ossnet-segment -i studies/ -o out/ --engine ray             # the same on Ray actors
 
 Exit codes: 0 all done (finished outputs skipped count as done); 1 some inputs failed (the
 rest were processed); 2 usage error (bad option, unusable model folder); 3 missing dependency
@@ -35,8 +39,8 @@ from ossnet_deploy.cohort import (
     CaseSettings,
     ModelOptions,
     PlanError,
-    is_cohort_input,
     is_finished,
+    is_folder_run,
     plan_jobs,
     segment_case,
     skipped_record,
@@ -189,17 +193,25 @@ class _StageBar:
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("-i", "--input", "inputs", multiple=True, required=True, metavar="PATH",
               help="A NIfTI file; per-channel files of one case (repeat -i or separate with commas, in the "
-                   "model's channel order); a case folder (BraTS: *_flair, *_t1, ...); or a folder of cases "
-                   "(NIfTI files, nnU-Net <case>_0000.nii.gz groups or case folders).")
+                   "model's channel order); a case folder (BraTS: *_flair, *_t1, ...); a folder of cases "
+                   "(NIfTI files, nnU-Net <case>_0000.nii.gz groups or case folders); or DICOM: a folder (any "
+                   "names, nested) or .zip of one study, one per channel, or a folder of studies (one per "
+                   "sub-folder or zip). DICOM needs pip install 'ossnet[dicom]'.")
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), metavar="PATH",
-              help="Output file (.nii.gz/.nii) for one case, or a folder: <case>.nii.gz in it (and, for a folder "
-                   f"of cases, the manifest {MANIFEST_NAME}).")
+              help="Output file for one case: .nii.gz/.nii, or .dcm (DICOM SEG, for DICOM input); or a folder: "
+                   "<case>.nii.gz in it (<case>.dcm for DICOM input; and, for a folder of cases, the manifest "
+                   f"{MANIFEST_NAME}).")
+@click.option("--series-uid", "series_uids", multiple=True, metavar="UID",
+              help="DICOM: the SeriesInstanceUID to read when an input holds several image series (one per -i, "
+                   "in the same order). Without it such an input fails, listing its series.")
+@click.option("--output-format", type=click.Choice(["auto", "nifti", "seg"]), default="auto", show_default=True,
+              help="DICOM input with a folder -o: seg (<case>.dcm, the default) or nifti (<case>.nii.gz).")
 @click.option("-m", "--model", "model_dir", type=click.Path(path_type=Path), default=None, metavar="FOLDER",
               help="Model folder written by ossnet-export (default: the bundled mni-wm-demo model).")
 @click.option("-d", "--device", default="auto", show_default=True,
               help="auto, cpu, openvino, cuda, cuda:N, gpu, gpu:N or trt[:N]. auto takes TensorRT, CUDA, CPU, as "
-                   "available. openvino: the CPU with the decoder compiled by OpenVINO (pip install "
-                   "'ossnet[openvino]'), about 1.5x faster there.")
+                   "available; on the CPU it runs the decoder in OpenVINO where installed (about 1.5x faster "
+                   "than ONNX Runtime alone). cpu: ONNX Runtime only. openvino: OpenVINO or an error.")
 @click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
               help="fp16 uses decoder.fp16.onnx (for GPUs).")
 @click.option("--mode", type=click.Choice(_MODES), default="adaptive", show_default=True,
@@ -252,6 +264,8 @@ def main(
     ctx: click.Context,
     inputs: tuple[str, ...],
     output: Path,
+    series_uids: tuple[str, ...],
+    output_format: str,
     model_dir: Path | None,
     device: str,
     precision: str,
@@ -276,7 +290,7 @@ def main(
     quiet: bool,
     verbose: bool,
 ) -> None:
-    """Segment 3D NIfTI volumes with an exported OSS-Net model (no PyTorch needed)."""
+    """Segment 3D NIfTI volumes or DICOM series with an exported OSS-Net model (no PyTorch needed)."""
     from ossnet_deploy.devices import parse_device
 
     console = _Console(quiet=quiet, verbose=verbose)
@@ -305,8 +319,10 @@ def main(
 
             options = RayOptions(address=address, actors=actors, threads_per_actor=threads_per_actor,
                                  gpus_per_actor=gpus_per_actor, max_retries=max_retries, oversubscribe=oversubscribe)
-            ctx.exit(_segment_ray(paths, output, model, settings, options, num_parts, part_id, bars_off, console))
-        ctx.exit(_segment_all(paths, output, model, threads, settings, num_parts, part_id, bars_off, console))
+            ctx.exit(_segment_ray(paths, output, model, settings, options, num_parts, part_id, bars_off, console,
+                                  series_uids=series_uids, output_format=output_format))
+        ctx.exit(_segment_all(paths, output, model, threads, settings, num_parts, part_id, bars_off, console,
+                              series_uids=series_uids, output_format=output_format))
 
 
 def _load(model: ModelOptions, threads: int | None, console: _Console) -> Segmenter | int:
@@ -330,7 +346,8 @@ def _interrupted(done: int, total: int, manifest: Path | None, console: _Console
 
 
 def _segment_all(paths: list[Path], output: Path, model: ModelOptions, threads: int | None, settings: CaseSettings,
-                 num_parts: int, part_id: int, bars_off: bool | None, console: _Console) -> int:
+                 num_parts: int, part_id: int, bars_off: bool | None, console: _Console, *,
+                 series_uids: tuple[str, ...] = (), output_format: str = "auto") -> int:
     from tqdm import tqdm
 
     from ossnet_deploy.inputs import shard
@@ -340,12 +357,16 @@ def _segment_all(paths: list[Path], output: Path, model: ModelOptions, threads: 
         return loaded
     segmenter = loaded
     try:
-        jobs = plan_jobs(paths, output, segmenter.channels)
+        jobs = plan_jobs(paths, output, segmenter.channels, series_uids, output_format)
     except PlanError as exc:
         raise click.UsageError(str(exc)) from None
+    except DependencyError as exc:
+        console.error(str(exc), exc)
+        return EXIT_DEPENDENCY
     except InputError as exc:
         console.error(str(exc), exc)
         return EXIT_SOME_FAILED
+    folder_run = is_folder_run(paths, jobs, segmenter.channels)  # all of the cohort's cases, not this part's
     mine = {job.case.name for job in jobs} & {c.name for c in shard([j.case for j in jobs], num_parts, part_id)}
     jobs = sorted((j for j in jobs if j.case.name in mine), key=lambda j: j.case.name)
     if num_parts > 1:
@@ -353,7 +374,7 @@ def _segment_all(paths: list[Path], output: Path, model: ModelOptions, threads: 
     console.info(f"model {segmenter.model_dir} ({segmenter.encoder_meta.variant}) on {segmenter.device}, "
                  f"mode {segmenter.mode}, max_queries {segmenter.max_queries}")
     pair_id = segmenter.encoder_meta.pair_id
-    manifest_path = output / MANIFEST_NAME if is_cohort_input(paths, segmenter.channels) else None
+    manifest_path = output / MANIFEST_NAME if folder_run else None
     manifest = ManifestWriter(manifest_path) if manifest_path is not None else None
     run_id = new_run_id()
     records: list[CaseRecord] = []
@@ -392,7 +413,8 @@ def _segment_all(paths: list[Path], output: Path, model: ModelOptions, threads: 
 
 
 def _segment_ray(paths: list[Path], output: Path, model: ModelOptions, settings: CaseSettings, options: RayOptions,
-                 num_parts: int, part_id: int, bars_off: bool | None, console: _Console) -> int:
+                 num_parts: int, part_id: int, bars_off: bool | None, console: _Console, *,
+                 series_uids: tuple[str, ...] = (), output_format: str = "auto") -> int:
     from ossnet_deploy.cohort_ray import CohortInterrupted, check_model, segment_cohort
 
     try:
@@ -405,7 +427,8 @@ def _segment_ray(paths: list[Path], output: Path, model: ModelOptions, settings:
         return EXIT_USAGE
     try:
         run = segment_cohort(paths, output, model=model, settings=settings, options=options, num_parts=num_parts,
-                             part_id=part_id, progress_bars=bars_off is None, verbose=console.verbose,
+                             part_id=part_id, series_uids=series_uids, output_format=output_format,
+                             progress_bars=bars_off is None, verbose=console.verbose,
                              on_record=lambda record: _report(record, console), on_info=console.info)
     except PlanError as exc:
         raise click.UsageError(str(exc)) from None

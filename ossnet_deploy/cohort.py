@@ -31,8 +31,8 @@ __all__ = [
     "ModelOptions",
     "PlanError",
     "StopRequested",
-    "is_cohort_input",
     "is_finished",
+    "is_folder_run",
     "plan_jobs",
     "run_job",
     "segment_case",
@@ -50,16 +50,23 @@ class StopRequested(OssnetError):
 
 @dataclass(frozen=True)
 class Job:
-    """One case and where its outputs go."""
+    """One case and where its outputs go.
+
+    ``dicom``: the case's files are DICOM folders or zips, one per channel, read with
+    ``series_uids`` (one per file, None: the only series) (docs/design.md#dicom). Both travel
+    with the job, so a Ray actor reads the case exactly as the local loop does.
+    """
 
     case: Case
     output: Path
+    dicom: bool = False
+    series_uids: tuple[str | None, ...] = ()
 
     @property
     def preview(self) -> Path:
         """``<name>.png`` beside the output (``out/case.nii.gz`` -> ``out/case.png``)."""
         name = self.output.name
-        for suffix in (".nii.gz", ".nii"):
+        for suffix in (".nii.gz", ".nii", ".dcm"):
             if name.lower().endswith(suffix):
                 name = name[: -len(suffix)]
                 break
@@ -98,25 +105,91 @@ def _is_nifti_name(path: Path) -> bool:
     return path.name.lower().endswith((".nii.gz", ".nii"))
 
 
-def is_cohort_input(inputs: Sequence[Path], channels: tuple[str, ...]) -> bool:
-    """True when ``inputs`` is one folder of cases (not one case folder of a multi-channel model)."""
+def _is_seg_name(path: Path) -> bool:
+    from ossnet_deploy.dicom_seg import is_seg_name
+
+    return is_seg_name(path)
+
+
+def is_folder_run(inputs: Sequence[Path], jobs: Sequence[Job], channels: tuple[str, ...]) -> bool:
+    """True when ``inputs`` is one folder of cases, as :func:`plan_jobs` planned it: not one case
+    folder of a multi-channel model, nor a DICOM folder holding one study (one case). A folder
+    run gets a manifest, and it is what ``--engine ray`` runs."""
     from ossnet_deploy.inputs import case_folder_files
 
     if len(inputs) != 1 or not inputs[0].is_dir():
         return False
+    if any(job.dicom for job in jobs):
+        # dicom_cases: a folder of one study is one case whose only file is the folder itself.
+        return not (len(jobs) == 1 and jobs[0].case.files == (inputs[0],))
     return len(channels) <= 1 or case_folder_files(inputs[0], channels, nnunet=False) is None
 
 
-def plan_jobs(inputs: Sequence[Path], output: Path, channels: tuple[str, ...]) -> list[Job]:
+def _plan_dicom_jobs(inputs: list[Path], output: Path, series_uids: tuple[str, ...], output_format: str) -> list[Job]:
+    """Cases and outputs for DICOM inputs (docs/design.md#dicom, "Folder runs").
+
+    One ``-i`` folder (or zip) is one case when it holds one study, otherwise a folder of cases
+    (one study per sub-folder or zip); several ``-i`` are the channels of one case.
+    """
+    from ossnet_deploy.inputs import Case, dicom_cases, is_dicom_zip
+
+    if series_uids and len(series_uids) != len(inputs):
+        raise PlanError(f"give one --series-uid per -i input ({len(inputs)}), not {len(series_uids)}")
+    uids: tuple[str | None, ...] = series_uids or (None,) * len(inputs)
+    if len(inputs) == 1 and inputs[0].is_dir() and not is_dicom_zip(inputs[0]):
+        cases = dicom_cases(inputs[0])
+    else:
+        first = inputs[0]
+        cases = [Case(first.name[: -len(".zip")] if is_dicom_zip(first) else (first.resolve().name or "dicom"),
+                      tuple(inputs))]
+    if len(cases) > 1 and series_uids:
+        raise PlanError(f"-i {inputs[0]} holds several studies (a folder run); --series-uid picks a series "
+                        "of one case only: pass that case's folder or zip")
+    output_is_file = _is_nifti_name(output) or _is_seg_name(output)
+    if output_is_file and len(cases) > 1:
+        raise PlanError(f"-i {inputs[0]} is a folder of {len(cases)} studies, so -o must be a folder, not {output}")
+    if output_is_file:
+        if output_format != "auto" and (output_format == "seg") != _is_seg_name(output):
+            raise PlanError(f"--output-format {output_format} does not fit -o {output}")
+        return [Job(cases[0], output, True, uids)]
+    suffix = ".nii.gz" if output_format == "nifti" else ".dcm"
+    return [Job(case, output / f"{case.name}{suffix}", True, uids) for case in cases]
+
+
+def plan_jobs(inputs: Sequence[Path], output: Path, channels: tuple[str, ...], series_uids: Sequence[str] = (),
+              output_format: str = "auto") -> list[Job]:
     """Turn the ``-i`` values into cases and output paths.
+
+    ``series_uids`` (``--series-uid``, one per DICOM input) and ``output_format`` (``auto``,
+    ``nifti``, ``seg``: the outputs of a DICOM folder run) only concern DICOM inputs.
 
     Raises:
         PlanError: the inputs and ``-o`` do not fit together.
-        InputError: a folder input that does not exist.
+        InputError: a folder input that does not exist, a damaged DICOM header.
+        DependencyError: DICOM input without the ``dicom`` extra.
     """
-    from ossnet_deploy.inputs import Case, case_folder_files, case_name, discover_cases
+    from ossnet_deploy.dicom_series import is_dicom_input
+    from ossnet_deploy.inputs import Case, case_folder_files, case_name, discover_cases, is_dicom_zip
 
     inputs = list(inputs)
+    series_uids = tuple(series_uids)
+    if output_format not in ("auto", "nifti", "seg"):
+        raise PlanError(f"unknown output format {output_format!r}: auto, nifti or seg")
+
+    def dicom(p: Path) -> bool:
+        # A folder of NIfTI cases stays one even if a DICOM file lies somewhere in it.
+        return is_dicom_zip(p) or (p.is_dir() and not discover_cases(p, channels) and is_dicom_input(p))
+
+    kinds = [dicom(p) for p in inputs]
+    if any(kinds):
+        if not all(kinds):
+            raise PlanError("mix of DICOM and NIfTI inputs: give the channels of a case in one form")
+        return _plan_dicom_jobs(inputs, output, series_uids, output_format)
+    if series_uids:
+        raise PlanError("--series-uid picks a series of a DICOM input; the inputs are not DICOM")
+    if _is_seg_name(output) or output_format == "seg":
+        raise PlanError("DICOM SEG output (.dcm) needs DICOM input (a series folder or zip); write NIfTI "
+                        "(.nii.gz) for NIfTI inputs")
     output_is_file = _is_nifti_name(output)
     if len(inputs) == 1 and inputs[0].is_dir():
         folder = inputs[0]
@@ -149,6 +222,13 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
+def _inside(path: Path, folder: Path) -> bool:
+    try:
+        return path.resolve().is_relative_to(folder.resolve())
+    except OSError:
+        return False
+
+
 def run_job(job: Job, segmenter: Segmenter, settings: CaseSettings, *, progress: Any = None,
             warn: Callable[[str], None] | None = None, stop: Callable[[], bool] | None = None) -> SegmentationStats:
     """Segment one case and write its outputs atomically; returns its statistics.
@@ -157,6 +237,10 @@ def run_job(job: Job, segmenter: Segmenter, settings: CaseSettings, *, progress:
     raises :class:`InputError` and nothing is written for it. ``warn`` receives messages that
     do not fail the case (a preview that exists and was kept). ``stop()`` is asked just before
     writing: True (the run was interrupted) raises :class:`StopRequested` and writes nothing.
+
+    A DICOM job (``job.dicom``) reads its series (``job.series_uids``) and writes a DICOM SEG
+    for a ``.dcm`` output (after checking, before any work, that every label has a code), or
+    NIfTI in the series' world geometry; no output may lie inside a DICOM input folder.
 
     Raises:
         OssnetError: the case cannot be segmented or written (the message names the file).
@@ -176,18 +260,34 @@ def run_job(job: Job, segmenter: Segmenter, settings: CaseSettings, *, progress:
         if _same_file(source, job.output) or (settings.preview and _same_file(source, job.preview)):
             raise InputError(describe(job.output, "output would replace an input file", found=str(source),
                                       fix="choose another output path (-o)"))
-    image = list(case.files) if len(case.files) > 1 else case.files[0]
+        if job.dicom and source.is_dir() and _inside(job.output, source):
+            raise InputError(describe(job.output, "output inside the DICOM input folder", found=str(source),
+                                      fix="write outputs elsewhere (-o); ossnet writes nothing next to its inputs"))
+    seg_output = _is_seg_name(job.output)
+    if seg_output:
+        segmenter.label_codes()  # a model whose labels have no codes fails before the work, not after
+    image: Any
+    if job.dicom:
+        from ossnet_deploy.inputs import DicomSource
+
+        uids = job.series_uids or (None,) * len(case.files)
+        sources = [DicomSource(p, uid) for p, uid in zip(case.files, uids, strict=True)]
+        image = sources if len(sources) > 1 else sources[0]
+    else:
+        image = list(case.files) if len(case.files) > 1 else case.files[0]
     # The input's grey levels for the preview are taken while it is in memory anyway, as 8-bit
     # levels (a quarter of the float input), instead of reading and decoding the file again.
     kept: dict[str, Any] = {}
 
-    def keep_preview_grey(volume: VolumeInput) -> None:
-        kept["grey"] = grey_levels(volume.data[0])
-        kept["affine"] = np.asarray(volume.affine)
+    def keep_from_input(volume: VolumeInput) -> None:
+        kept["dicom"] = volume.dicom  # the headers only: the raw data must be released after preparing
+        if settings.preview:
+            kept["grey"] = grey_levels(volume.data[0])
+            kept["affine"] = np.asarray(volume.affine)
 
     reset_peak_rss()  # this case's peak, not the process's (one case at a time per process)
     labels_img, stats = segmenter.segment_with_stats(image, fit=settings.fit, progress=progress,
-                                                     on_read=keep_preview_grey if settings.preview else None)
+                                                     on_read=keep_from_input)
     if settings.fail_on_warning and stats.warnings:
         raise InputError(describe(case.files[0], "the input or its segmentation lies outside what the model knows; "
                                   "nothing was written (--fail-on-warning)", found=" / ".join(stats.warnings),
@@ -197,7 +297,13 @@ def run_job(job: Job, segmenter: Segmenter, settings: CaseSettings, *, progress:
         raise StopRequested(describe(job.output, "the run was interrupted; nothing was written",
                                      fix="rerun: finished outputs are skipped"))
     started = time.perf_counter()
-    save_image(labels_img, job.output, overwrite=settings.overwrite)
+    if seg_output:
+        if kept.get("dicom") is None:
+            raise InputError(describe(case.files[0], "DICOM SEG output needs a DICOM input",
+                                      fix="write NIfTI output (.nii.gz)"))
+        segmenter.save_dicom_seg(labels_img, kept["dicom"], job.output, overwrite=settings.overwrite)
+    else:
+        save_image(labels_img, job.output, overwrite=settings.overwrite)
     if settings.preview:
         try:
             write_preview(job.preview, kept["grey"], np.asarray(labels_img.dataobj), kept["affine"],

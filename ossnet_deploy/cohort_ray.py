@@ -40,8 +40,8 @@ from ossnet_deploy.cohort import (
     Job,
     ModelOptions,
     PlanError,
-    is_cohort_input,
     is_finished,
+    is_folder_run,
     plan_jobs,
     segment_case,
     skipped_record,
@@ -250,17 +250,53 @@ def plan_actors(resources: Mapping[str, float], options: RayOptions, memory_per_
 
 def _largest_input_voxels(jobs: Sequence[Job]) -> int:
     """The most voxels among the jobs' inputs, from their headers (unreadable files count 0:
-    they fail in their actor, with the one message the local run gives)."""
+    they fail in their actor, with the one message the local run gives).
+
+    DICOM cases: the image series of the case with the most bytes (one header scan, not one
+    per case; a guess where compression differs between studies).
+    """
     import nibabel as nib
 
     largest = 0
     for job in jobs:
+        if job.dicom:
+            continue
         for path in job.case.files[:1]:
             try:
                 shape = nib.load(path).shape
             except Exception:  # a bad file is the actor's to report, not the driver's
                 continue
             largest = max(largest, int(math.prod(int(s) for s in shape[:3])))
+    dicom = [job for job in jobs if job.dicom and job.case.files]
+    if dicom:
+        largest = max(largest, _dicom_voxels(max(dicom, key=lambda job: _bytes(job.case.files[0])).case.files[0]))
+    return largest
+
+
+def _bytes(path: Path) -> int:
+    """The bytes of a file, or of every file below a folder (0 when unreadable)."""
+    try:
+        if path.is_file():
+            return path.stat().st_size
+        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    except OSError:
+        return 0
+
+
+def _dicom_voxels(path: Path) -> int:
+    """The voxels of the largest image series of a DICOM folder or zip (0 when unreadable)."""
+    from ossnet_deploy.dicom_series import find_series
+
+    try:
+        series = find_series(path)
+    except Exception:  # a bad study is the actor's to report, not the driver's
+        return 0
+    largest = 0
+    for summary in series:
+        for matrix in summary.matrix.split("/"):
+            rows, _, columns = matrix.partition("x")
+            if rows.isdigit() and columns.isdigit():
+                largest = max(largest, int(rows) * int(columns) * summary.frames)
     return largest
 
 
@@ -279,14 +315,15 @@ def _memory_per_actor(jobs: Sequence[Job], facts: ModelFacts, model: ModelOption
 def _job_to_json(job: Job) -> str:
     case = job.case
     return json.dumps({"name": case.name, "files": [os.fspath(f) for f in case.files], "problem": case.problem,
-                       "output": os.fspath(job.output)})
+                       "output": os.fspath(job.output), "dicom": job.dicom, "series_uids": list(job.series_uids)})
 
 
 def _job_from_json(text: str) -> Job:
     from ossnet_deploy.inputs import Case
 
     data = json.loads(text)
-    return Job(Case(data["name"], tuple(Path(f) for f in data["files"]), data["problem"]), Path(data["output"]))
+    return Job(Case(data["name"], tuple(Path(f) for f in data["files"]), data["problem"]), Path(data["output"]),
+               dicom=data["dicom"], series_uids=tuple(data["series_uids"]))
 
 
 class _CaseWorker:
@@ -468,6 +505,8 @@ def segment_cohort(
     options: RayOptions | None = None,
     num_parts: int = 1,
     part_id: int = 0,
+    series_uids: Sequence[str] = (),
+    output_format: str = "auto",
     progress_bars: bool = False,
     verbose: bool = False,
     on_record: Callable[[CaseRecord], None] | None = None,
@@ -477,12 +516,15 @@ def segment_cohort(
     """Segment a folder of cases on Ray actors; the Python form of ``ossnet-segment --engine ray``.
 
     Args:
-        inputs: the folder of cases (as ``-i``; discovery as in the local folder run).
-        output: the output folder: ``<case>.nii.gz`` and the manifest ``ossnet-manifest.jsonl``.
+        inputs: the folder of cases (as ``-i``; discovery as in the local folder run): NIfTI
+            cases, or DICOM studies (one per sub-folder or zip).
+        output: the output folder: ``<case>.nii.gz`` (DICOM: ``<case>.dcm``, see
+            ``output_format``) and the manifest ``ossnet-manifest.jsonl``.
         model: which model and settings (default: the bundled model, ``auto`` device).
         settings: per-case options (fit, overwrite, preview, fail_on_warning).
         options: cluster address and actor sizing (:class:`RayOptions`).
         num_parts, part_id: only part ``part_id`` of the name-sorted cases, as ``--num-parts``.
+        series_uids, output_format: as ``--series-uid`` and ``--output-format`` (``cohort.plan_jobs``).
         progress_bars: Ray Data's progress bars.
         verbose: Ray's and the actors' own logs on the console.
         on_record: called in the driver with each record as it is written to the manifest.
@@ -494,10 +536,11 @@ def segment_cohort(
         the run's records (one per case) and actor statistics; ``run.failed`` > 0 is exit 1.
 
     Raises:
-        DependencyError: Ray is not installed, or GPUs are asked of a cluster without them.
+        DependencyError: Ray is not installed, GPUs are asked of a cluster without them, or
+            DICOM input without the ``dicom`` extra.
         PlanError: the inputs are not one folder of cases, ``output`` is a file, or the actors
             do not fit the cluster.
-        InputError: the input folder does not exist.
+        InputError: the input folder does not exist, or a DICOM header is damaged.
         ModelFormatError: the model folder is unusable.
         CohortInterrupted: Ctrl-C; the records so far and ``interrupted`` ones are in the manifest.
     """
@@ -514,10 +557,10 @@ def segment_cohort(
     facts = check_model(model)
     paths = [Path(inputs)] if isinstance(inputs, str | os.PathLike) else [Path(p) for p in inputs]
     out = Path(output)
-    if not is_cohort_input(paths, facts.channels):
+    jobs = plan_jobs(paths, out, facts.channels, series_uids, output_format)
+    if not is_folder_run(paths, jobs, facts.channels):
         raise PlanError("--engine ray segments a folder of cases: pass one folder as -i (a file or a single case "
                         "runs locally, without --engine ray)")
-    jobs = plan_jobs(paths, out, facts.channels)
     mine = {c.name for c in shard([j.case for j in jobs], num_parts, part_id)}
     jobs = sorted((j for j in jobs if j.case.name in mine), key=lambda j: j.case.name)
     run_id = new_run_id()

@@ -3,8 +3,9 @@
 A device string names where the graphs run: ``"auto"``, ``"cpu"``, ``"openvino"``, ``"cuda"``,
 ``"cuda:N"``, ``"trt"`` or ``"trt:N"``; ``"gpu"`` / ``"gpu:N"`` are aliases of ``cuda``
 (TotalSegmentator's spelling), ``"ov"`` of ``openvino``. ``openvino`` is the CPU with the decoder
-compiled by OpenVINO (optional package; ``ossnet_deploy.backends.openvino``) and the encoder in
-ONNX Runtime's CPU provider. :func:`parse_device` turns the string into a :class:`DeviceRequest`;
+compiled by OpenVINO (``ossnet_deploy.backends.openvino``; a core dependency where OpenVINO ships
+wheels) and the encoder in ONNX Runtime's CPU provider; ``auto`` on a CPU does the same when
+openvino is installed (``ossnet_deploy.model``) and ``cpu`` never does. :func:`parse_device` turns the string into a :class:`DeviceRequest`;
 :func:`plan_providers` turns a request and the providers this ONNX Runtime build offers into a
 :class:`ProviderPlan` (the provider list handed to ``InferenceSession``).
 
@@ -13,7 +14,10 @@ when the TensorRT execution provider is present *and* the model folder holds eng
 ``ossnet-export --trt``: building engines on the fly takes minutes per input shape, which is
 not what anyone expects from "auto". CPU on a CPU-only install is the normal case and is
 silent; a GPU that was asked for, or that is present but fails to load, gives one warning with
-the remedy (``auto``) or a :class:`DependencyError` (an explicit ``cuda``/``trt``).
+the remedy (``auto``) or a :class:`DependencyError` (an explicit ``cuda``/``trt``). The same
+holds for a TensorRT whose major differs from the one the TensorRT provider library links
+against (:mod:`ossnet_deploy.gpu_versions`, docs/design.md#gpu-runtime-versions): the provider
+lists itself as available but cannot load, so ``auto`` warns and takes CUDA, ``trt`` refuses.
 
 This module imports onnxruntime lazily so that ``import ossnet_deploy`` stays cheap.
 """
@@ -30,6 +34,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ossnet_deploy import gpu_versions
 from ossnet_deploy.errors import DependencyError, InputError, describe
 
 __all__ = [
@@ -51,8 +56,10 @@ CPU_PROVIDER = "CPUExecutionProvider"
 CUDA_PROVIDER = "CUDAExecutionProvider"
 TRT_PROVIDER = "TensorrtExecutionProvider"
 
-GPU_INSTALL_FIX = "pip uninstall -y onnxruntime && pip install onnxruntime-gpu"
-_TRT_INSTALL_FIX = f"{GPU_INSTALL_FIX} && pip install 'ossnet[trt]'"
+#: Install hints: the onnxruntime-gpu build the docs recommend, and with it the TensorRT major its
+#: provider library needs (both from ossnet_deploy/gpu_versions.py, read from that library).
+GPU_INSTALL_FIX = gpu_versions.GPU_INSTALL_COMMAND
+_TRT_INSTALL_FIX = gpu_versions.TRT_INSTALL_COMMAND
 
 _DEVICE_PATTERN = re.compile(r"^(auto|cpu|openvino|ov|cuda|gpu|trt|tensorrt)(?::(\d+))?$")
 _DEVICE_CHOICES = "auto, cpu, openvino, cuda, cuda:N, gpu, gpu:N, trt or trt:N"
@@ -164,7 +171,8 @@ def plan_providers(
 
     Raises:
         DependencyError: ``cuda`` or ``trt`` was asked for and this onnxruntime build lacks the
-            provider (the message gives the install command).
+            provider (the message gives the install command), or ``trt`` was asked for and the
+            installed TensorRT is not the major its provider library links against.
     """
     req = parse_device(request) if isinstance(request, str) else request
     offered = tuple(available) if available is not None else available_providers()
@@ -191,6 +199,7 @@ def plan_providers(
                          expected=TRT_PROVIDER, found=f"only {', '.join(offered) or 'no providers'}",
                          fix=_TRT_INSTALL_FIX)
             )
+        _check_tensorrt_version()
         # The TensorRT options (engine paths) belong to the model files; backends/trt.py adds them.
         return ProviderPlan(
             "trt", req.index, (TRT_PROVIDER, CUDA_PROVIDER, CPU_PROVIDER),
@@ -198,10 +207,27 @@ def plan_providers(
         )
     # auto
     if TRT_PROVIDER in offered and has_trt_engine:
-        return plan_providers(DeviceRequest("trt", req.index, req.text), available=offered)
+        try:
+            return plan_providers(DeviceRequest("trt", req.index, req.text), available=offered)
+        except DependencyError as exc:
+            # Only the TensorRT checks raise here (the provider is offered): a TensorRT of
+            # another major, or an unreadable provider library. The engines cannot run; CUDA can.
+            warn_once(f"device 'auto' runs without the TensorRT engines: {exc}")
     if CUDA_PROVIDER in offered:
         return cuda_plan()
     return cpu
+
+
+def _check_tensorrt_version() -> None:
+    """Refuse a TensorRT of another major than the installed TensorRT provider links against.
+
+    Nothing is checked where either is unknown (CPU build, Windows, no ``tensorrt`` package):
+    the provider's own load failure, or :class:`~ossnet_deploy.backends.trt.TrtBackend`'s
+    missing-package error, speaks then.
+    """
+    needs = gpu_versions.installed_provider_needs()
+    if needs is not None:
+        gpu_versions.check_tensorrt(needs, gpu_versions.installed_tensorrt())
 
 
 _warned: set[str] = set()

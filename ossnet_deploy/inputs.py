@@ -9,7 +9,11 @@ A volume can arrive as
   ``*_flair``, ``*_t1``, ``*_t1ce``, ``*_t2``) or one nnU-Net group ``<case>_XXXX``;
 * a nibabel image;
 * ``(array, affine)``: ``array`` laid out like a NIfTI file's data, ``(X, Y, Z)`` or
-  ``(X, Y, Z, C)`` channels last, ``affine`` the ``(4, 4)`` voxel-to-world matrix in mm.
+  ``(X, Y, Z, C)`` channels last, ``affine`` the ``(4, 4)`` voxel-to-world matrix in mm;
+* a DICOM series: a folder of DICOM files (nested, any names) or a ``.zip`` of them, or a
+  :class:`DicomSource` (the folder plus the SeriesInstanceUID to read when it holds several);
+  one per channel (a list in model order, or a mapping channel name -> source). Reading and
+  checking is ``dicom_series``'s job (docs/design.md#dicom).
 
 :func:`resolve_volume` turns any of them into a :class:`VolumeInput`: the ``(C, X, Y, Z)``
 float32 data in stored axis order (channels first, as ``prepare_volume`` wants) plus the
@@ -22,30 +26,53 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
 
+from ossnet_deploy.dicom_series import DicomSeriesRef, is_dicom_input, list_studies, read_series
 from ossnet_deploy.errors import InputError, describe
-from ossnet_deploy.nifti_io import NIFTI_SUFFIXES, check_spatial, load_channels, read_array
+from ossnet_deploy.geometry import affine_text
+from ossnet_deploy.nifti_io import AFFINE_ATOL_MM, NIFTI_SUFFIXES, check_spatial, load_channels, read_array
 
 __all__ = [
     "Case",
+    "DicomSource",
     "ImageLike",
     "VolumeInput",
     "case_folder_files",
     "case_name",
+    "dicom_cases",
     "discover_cases",
+    "is_dicom_zip",
     "is_nifti_name",
     "resolve_volume",
     "shard",
 ]
 
 PathLike = str | os.PathLike[str]
-ImageLike = PathLike | Sequence[PathLike] | nib.Nifti1Image | tuple[np.ndarray, np.ndarray]
+
+
+@dataclass(frozen=True)
+class DicomSource:
+    """A DICOM input: a folder (nested, any names) or ``.zip``, and which series to read.
+
+    Attributes:
+        path: the folder or zip.
+        series_uid: the SeriesInstanceUID to read when the input holds several image series
+            (None: the input must hold exactly one).
+    """
+
+    path: PathLike
+    series_uid: str | None = None
+
+
+ImageLike = (PathLike | DicomSource | Sequence[PathLike | DicomSource] | Mapping[str, PathLike | DicomSource]
+             | nib.Nifti1Image | tuple[np.ndarray, np.ndarray])
 """Everything :func:`resolve_volume` accepts (see the module docstring)."""
 
 _NNUNET_CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
@@ -62,11 +89,14 @@ class VolumeInput:
         reference: the image whose grid and header the output takes (the first channel
             file, the given image, or a fresh image for ``(array, affine)``).
         source: what to name in messages (a path, or ``"<in-memory image>"``).
+        dicom: for DICOM input, the first channel's source series (what a DICOM SEG
+            references); None otherwise.
     """
 
     data: np.ndarray
     reference: nib.Nifti1Image
     source: str
+    dicom: DicomSeriesRef | None = None
 
     @property
     def affine(self) -> np.ndarray:
@@ -312,6 +342,10 @@ def resolve_volume(image: ImageLike, channels: Sequence[str], *, min_side: int =
     if _is_array_pair(image):
         array, affine = image  # type: ignore[misc]
         return _resolve_array(array, affine, channels, min_side)
+    if isinstance(image, DicomSource):
+        return _from_dicom((image,), channels, min_side)
+    if isinstance(image, Mapping):
+        return _from_mapping(image, channels, min_side)
     if isinstance(image, nib.Nifti1Image):
         source = image.get_filename() or _IN_MEMORY
         data = _from_image(image, source)
@@ -322,16 +356,115 @@ def resolve_volume(image: ImageLike, channels: Sequence[str], *, min_side: int =
         if path.is_dir():
             files = case_folder_files(path, channels)
             if files is None:
+                if is_dicom_input(path):
+                    return _from_dicom((DicomSource(path),), channels, min_side)
                 raise InputError(_case_folder_problem(path, channels))
             return _from_files(files, channels, min_side)
+        if is_dicom_zip(path):
+            return _from_dicom((DicomSource(path),), channels, min_side)
+        if is_dicom_input(path):
+            raise InputError(describe(path, "one DICOM file is one slice, not a volume",
+                                      expected="the folder (or a zip) of the whole series", found="a DICOM file",
+                                      fix=f"pass {path.parent} instead"))
         return _from_files((path,), channels, min_side)
-    if isinstance(image, Sequence) and image and all(isinstance(p, str | os.PathLike) for p in image):
-        return _from_files(tuple(Path(p) for p in image), channels, min_side)
+    if isinstance(image, Sequence) and image and all(isinstance(p, str | os.PathLike | DicomSource) for p in image):
+        if any(_is_dicom_item(p) for p in image):
+            return _from_dicom(tuple(p if isinstance(p, DicomSource) else DicomSource(p) for p in image),
+                               channels, min_side)
+        return _from_files(tuple(Path(p) for p in image), channels, min_side)  # type: ignore[arg-type]
     raise InputError(
         describe(None, "unsupported input", expected="a NIfTI path, a list of channel paths, a case folder, "
-                 "a nibabel Nifti1Image or (array, affine)", found=type(image).__name__,
-                 fix="pass one of the accepted forms")
+                 "a DICOM folder or zip, a channel -> path mapping, a nibabel Nifti1Image or (array, affine)",
+                 found=type(image).__name__, fix="pass one of the accepted forms")
     )
+
+
+def is_dicom_zip(path: PathLike) -> bool:
+    """True for an existing file named ``.zip`` (a DICOM input; NIfTI is never zipped)."""
+    p = Path(path)
+    return p.is_file() and p.name.lower().endswith(".zip")
+
+
+def _is_dicom_item(item: Any) -> bool:
+    if isinstance(item, DicomSource):
+        return True
+    p = Path(item)
+    return is_dicom_zip(p) or (p.is_dir() and is_dicom_input(p))
+
+
+def _from_mapping(image: Mapping[str, Any], channels: Sequence[str], min_side: int) -> VolumeInput:
+    """A channel name -> input mapping, put in model order."""
+    names = [str(k) for k in image]
+    if sorted(names) != sorted(channels):
+        raise InputError(describe(None, "the channel mapping does not name the model's channels",
+                                  expected=f"exactly the keys {list(channels)}", found=f"keys {names}",
+                                  fix="give one input per model channel, keyed by the channel name"))
+    ordered = [image[c] for c in channels]
+    return resolve_volume(ordered if len(ordered) > 1 else ordered[0], channels, min_side=min_side)
+
+
+def _from_dicom(sources: tuple[DicomSource, ...], channels: Sequence[str], min_side: int) -> VolumeInput:
+    """One DICOM series per channel, all on one grid (docs/design.md#dicom)."""
+    if len(sources) != len(channels):
+        raise _channel_error(os.fspath(sources[0].path), len(sources), channels, "DICOM series given")
+    volumes = [read_series(s.path, s.series_uid) for s in sources]
+    first = volumes[0]
+    for source, other in zip(sources[1:], volumes[1:], strict=True):
+        if other.data.shape != first.data.shape or not np.allclose(other.affine, first.affine, rtol=0.0,
+                                                                   atol=AFFINE_ATOL_MM):
+            raise InputError(describe(
+                f"{os.fspath(source.path)} (series {other.series.series_uid})",
+                f"channel series is not on the grid of {os.fspath(sources[0].path)} (series "
+                f"{first.series.series_uid})",
+                expected=f"shape {first.data.shape}, {affine_text(first.affine)}",
+                found=f"shape {other.data.shape}, {affine_text(other.affine)}",
+                fix="all channels of a case must be co-registered series on one grid (resample them first)"))
+    if len(volumes) == 1:
+        data = first.data[None]
+    else:
+        data = np.empty((len(volumes), *first.data.shape), dtype=np.float32)
+        for c, volume in enumerate(volumes):
+            data[c] = volume.data
+    source = os.fspath(sources[0].path)
+    _check_volume(data, source, channels, min_side, "DICOM series given")
+    # A reference header with the series' world geometry (scanner coordinates, codes 1), so the
+    # NIfTI output lies where the series lies (docs/design.md#dicom).
+    reference = nib.Nifti1Image(np.broadcast_to(np.float32(0), first.data.shape), first.affine)
+    reference.header.set_qform(first.affine, code=1)
+    reference.header.set_sform(first.affine, code=1)
+    reference.header.set_xyzt_units("mm")
+    return VolumeInput(data, reference, source, dicom=first.series)
+
+
+def dicom_cases(folder: PathLike) -> list[Case]:
+    """The cases of a DICOM folder (docs/design.md#dicom, "Folder runs").
+
+    One study (one StudyInstanceUID among all DICOM files below ``folder``) and no zip in it:
+    ``folder`` is one case, named after it. Otherwise every sub-folder holding DICOM files and
+    every ``.zip`` directly in ``folder`` is a case (one study each), named after the sub-folder
+    or zip; DICOM files lying directly in such a folder are reported as a problem case.
+
+    Raises:
+        InputError: a damaged DICOM header (the scan reads one tag of every file).
+    """
+    root = Path(folder)
+    zips = sorted(p for p in root.iterdir() if is_dicom_zip(p) and not p.name.startswith("."))
+    studies = list_studies(root)
+    if not zips and len(studies) <= 1:
+        return [Case(root.resolve().name or "dicom", (root,))]
+    cases = [Case(p.name[: -len(".zip")], (p,)) for p in zips]
+    for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if is_dicom_input(sub):
+            cases.append(Case(sub.name, (sub,)))
+    loose = [p for p in root.iterdir() if p.is_file() and not p.name.startswith(".") and is_dicom_input(p)
+             and not is_dicom_zip(p)]
+    if loose:
+        cases.append(Case(root.name, (), describe(root, "DICOM files lie directly in a folder of several studies",
+                                                 expected="one sub-folder or zip per study",
+                                                 found=f"{len(loose)} DICOM file(s) beside {len(cases)} case(s)",
+                                                 fix="move each study into its own sub-folder")))
+    cases.sort(key=lambda c: c.name)
+    return cases
 
 
 def _from_files(files: tuple[Path, ...], channels: Sequence[str], min_side: int) -> VolumeInput:

@@ -126,6 +126,9 @@ KEY_PROVENANCE = KEY_PREFIX + "provenance"
 #: Optional (omitted when absent; runtimes that predate it ignore it): the training inputs'
 #: profile range, ``ossnet_deploy.domain.ModelDomain.to_dict()``.
 KEY_DOMAIN = KEY_PREFIX + "domain"
+#: Optional (omitted when absent; runtimes that predate it ignore it): coded meanings of the labels
+#: for DICOM SEG, label value -> ``ossnet_deploy.label_codes.LabelCode.to_dict()`` (docs/design.md#dicom).
+KEY_LABEL_CODES = KEY_PREFIX + "label_codes"
 METADATA_KEYS: tuple[str, ...] = (
     KEY_FORMAT_VERSION,
     KEY_ROLE,
@@ -142,7 +145,7 @@ METADATA_KEYS: tuple[str, ...] = (
 )
 
 #: Keys a graph may carry or omit (absent = the field's default); readers ignore unknown ones.
-OPTIONAL_METADATA_KEYS: tuple[str, ...] = (KEY_DOMAIN,)
+OPTIONAL_METADATA_KEYS: tuple[str, ...] = (KEY_DOMAIN, KEY_LABEL_CODES)
 
 ROLE_ENCODER = "encoder"
 ROLE_DECODER = "decoder"
@@ -416,6 +419,9 @@ class GraphMetadata:
         provenance: checkpoint sha256, git commit, torch/onnx/opset versions.
         domain: what the training inputs looked like (``ModelDomain.to_dict()``), or None; only
             the encoder needs it, and older runtimes ignore the key.
+        label_codes: label value -> coded meaning (``LabelCode.to_dict()``: SNOMED CT category
+            and type, and where they come from), for DICOM SEG output; None (the key omitted)
+            when the model has none, so older runtimes still read it.
     """
 
     format_version: int
@@ -431,12 +437,15 @@ class GraphMetadata:
     parity: dict[str, Any] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
     domain: dict[str, Any] | None = None
+    label_codes: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         for name in ("model_config", "preprocess", "labels", "parity", "provenance"):
             object.__setattr__(self, name, _canonical(getattr(self, name), f"GraphMetadata.{name}"))
         if self.domain is not None:
             object.__setattr__(self, "domain", _canonical(self.domain, "GraphMetadata.domain"))
+        if self.label_codes is not None:
+            object.__setattr__(self, "label_codes", _canonical(self.label_codes, "GraphMetadata.label_codes"))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form: field name -> plain value."""
@@ -454,6 +463,7 @@ class GraphMetadata:
             "parity": self.parity,
             "provenance": self.provenance,
             **({} if self.domain is None else {"domain": self.domain}),
+            **({} if self.label_codes is None else {"label_codes": self.label_codes}),
         }
 
     def to_props(self) -> dict[str, str]:
@@ -509,6 +519,7 @@ class GraphMetadata:
                 parity=_expect_dict(_take(data, "parity", "metadata"), "parity"),
                 provenance=_expect_dict(_take(data, "provenance", "metadata"), "provenance"),
                 domain=None if data.get("domain") is None else _expect_dict(data["domain"], "domain"),
+                label_codes=_label_codes(data.get("label_codes"), labels),
             )
         except _SchemaError as exc:
             raise _invalid(source, "malformed ossnet metadata", found=str(exc)) from None
@@ -552,7 +563,25 @@ class GraphMetadata:
         data = {key[len(KEY_PREFIX) :]: _decode_prop(key, ours[key], source) for key in METADATA_KEYS}
         if KEY_DOMAIN in ours:
             data["domain"] = _decode_prop(KEY_DOMAIN, ours[KEY_DOMAIN], source)
+        if KEY_LABEL_CODES in ours:
+            data["label_codes"] = _decode_prop(KEY_LABEL_CODES, ours[KEY_LABEL_CODES], source)
         return cls.from_dict(data, source)
+
+
+def _label_codes(value: Any, labels: Mapping[str, Any]) -> dict[str, Any] | None:
+    """Check ``label_codes`` (None when absent): well formed, and only for the model's own labels."""
+    if value is None:
+        return None
+    from ossnet_deploy.label_codes import parse_label_codes
+
+    try:
+        parsed = parse_label_codes(value, "label_codes")
+    except ValueError as exc:
+        raise _SchemaError(str(exc)) from None
+    unknown = sorted(set(parsed) - set(labels))
+    if unknown:
+        raise _SchemaError(f"label_codes names label values {unknown} that are not in labels")
+    return {key: code.to_dict() for key, code in parsed.items()}
 
 
 def _decode_prop(key: str, text: str, source: PathLike | None) -> Any:

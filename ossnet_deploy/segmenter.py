@@ -36,9 +36,11 @@ import nibabel as nib
 import numpy as np
 
 from ossnet_deploy.backends.base import Backend
+from ossnet_deploy.dicom_series import DicomSeriesRef
 from ossnet_deploy.domain import DomainWarning, check_input, check_output
 from ossnet_deploy.errors import InputError, describe
 from ossnet_deploy.inputs import ImageLike, VolumeInput, resolve_volume
+from ossnet_deploy.label_codes import LabelCode
 from ossnet_deploy.memory import peak_rss_bytes
 from ossnet_deploy.metadata import GraphMetadata
 from ossnet_deploy.model import CPU_DEVICES, ModelPair
@@ -255,7 +257,8 @@ class Segmenter:
         Args:
             model_dir: a folder written by ``ossnet-export`` (``encoder.onnx``, ``decoder.onnx``,
                 optionally ``decoder.fp16.onnx`` and TensorRT engines).
-            device: ``auto`` (TensorRT, CUDA, CPU, as available), ``cpu``, ``openvino``,
+            device: ``auto`` (TensorRT, CUDA, CPU, as available; on the CPU the decoder runs in
+                OpenVINO where it is installed), ``cpu`` (ONNX Runtime only), ``openvino``,
                 ``cuda[:N]``, ``gpu[:N]`` or ``trt[:N]``.
             precision: ``fp32`` or ``fp16`` (the ``decoder.fp16.onnx`` graph; meant for GPUs).
             max_queries: decoder queries per call (the memory cap; default
@@ -406,8 +409,10 @@ class Segmenter:
 
         Args:
             image: a NIfTI path, a list of per-channel paths (model order), a case folder, a
-                nibabel image, ``(array, affine)`` with ``array`` ``(X, Y, Z)`` or
-                ``(X, Y, Z, C)`` laid out like NIfTI data, or a :class:`VolumeInput` already read.
+                DICOM series folder or zip (or a ``DicomSource`` naming the series; one per
+                channel, or a channel -> input mapping), a nibabel image, ``(array, affine)``
+                with ``array`` ``(X, Y, Z)`` or ``(X, Y, Z, C)`` laid out like NIfTI data, or a
+                :class:`VolumeInput` already read. DICOM SEG output: :meth:`save_dicom_seg`.
             fit: ``"error"``: a foreground larger than the model grid raises InputError;
                 ``"downsample"``: shrink it until it fits.
             progress: ``progress(stage, done, total)`` callback (see :data:`Progress`).
@@ -473,6 +478,59 @@ class Segmenter:
             warnings=tuple(findings),
         )
         return output, stats
+
+    def label_codes(self) -> dict[str, LabelCode]:
+        """The coded meaning of every label (the model's ``ossnet.label_codes``, else the known
+        table; ``ossnet_deploy.label_codes``), as a DICOM SEG needs them.
+
+        Raises:
+            InputError: a label has no code (so no SEG can be written; NIfTI can).
+        """
+        from ossnet_deploy.label_codes import label_codes_for, parse_label_codes
+
+        meta = self.encoder_meta
+        model_codes = parse_label_codes(meta.label_codes, "label_codes") if meta.label_codes else None
+        return label_codes_for(meta.labels, model_codes, model=str(self.model_dir))
+
+    def save_dicom_seg(self, labels: nib.Nifti1Image | np.ndarray, volume: VolumeInput | DicomSeriesRef,
+                       path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+        """Write a segmentation of a DICOM input as a BINARY DICOM SEG (docs/design.md#dicom).
+
+        Example::
+
+            volume = segmenter.read("series_dir/")       # or DicomSource(folder, series_uid)
+            labels = segmenter.segment(volume)           # NIfTI image in the series' world geometry
+            segmenter.save_dicom_seg(labels, volume, "seg.dcm")
+
+        Args:
+            labels: :meth:`segment`'s output for ``volume`` (or its ``(X, Y, Z)`` uint8 array).
+            volume: the input as :meth:`read` returned it (it must come from a DICOM series), or
+                its ``dicom`` attribute.
+            path: the output, ``*.dcm``.
+            overwrite: replace an existing file.
+
+        Raises:
+            InputError: ``volume`` is not from DICOM, a label has no coded meaning, or ``path``
+                is not ``.dcm``.
+            OutputExistsError: ``path`` exists and ``overwrite`` is False.
+            DependencyError: the ``dicom`` extra is not installed.
+        """
+        from ossnet_deploy import __version__
+        from ossnet_deploy.dicom_seg import SegAlgorithm, write_seg
+
+        series = volume if isinstance(volume, DicomSeriesRef) else volume.dicom
+        if series is None:
+            raise InputError(describe(volume.source, "DICOM SEG output needs a DICOM input",  # type: ignore[union-attr]
+                                      expected="a DICOM series (folder or zip)", found="a NIfTI or in-memory image",
+                                      fix="write NIfTI output (.nii.gz) for NIfTI inputs"))
+        array = np.asarray(labels.dataobj if isinstance(labels, nib.Nifti1Image) else labels)
+        meta = self.encoder_meta
+        codes = self.label_codes()
+        name = Path(str(self.model_dir)).name or meta.variant
+        algorithm = SegAlgorithm(name, __version__, {"pair_id": meta.pair_id, "variant": meta.variant,
+                                                     "mode": self.mode})
+        return write_seg(array.astype(np.uint8, copy=False), series, path, label_names=meta.labels,
+                         label_codes=codes, algorithm=algorithm, overwrite=overwrite)
 
     def close(self) -> None:
         """Release both sessions."""

@@ -11,8 +11,9 @@ Examples::
 
 Exit codes (docs/design.md#errors-and-exit-codes): 0 done; 1 the checkpoint or the graphs failed (bad
 checkpoint, verification failure, fp16 refused); 2 usage error (bad option, output exists
-without ``--overwrite``); 3 missing dependency or hardware (``--trt`` without TensorRT/GPU,
-after the ONNX graphs were written and verified). Errors are one line; ``-v`` adds the traceback.
+without ``--overwrite``); 3 missing dependency or hardware (``--trt`` without TensorRT/GPU, or
+with a TensorRT of another major than onnxruntime-gpu's TensorRT provider links against,
+docs/design.md#gpu-runtime-versions; after the ONNX graphs were written and verified). Errors are one line; ``-v`` adds the traceback.
 """
 
 from __future__ import annotations
@@ -202,7 +203,7 @@ def _print_report(result: Any) -> None:
 
 
 def _build_engines(directory: Path, profile: Any, *, overwrite: bool, quiet: bool) -> None:
-    """``--trt``: refuse in one message (exit 3) where TensorRT or a GPU is missing."""
+    """``--trt``: refuse in one message (exit 3) where TensorRT or a GPU is missing or TensorRT is the wrong major."""
     from ossnet_export.trt import build_folder_engines, detect_environment, require_environment
 
     env = detect_environment()

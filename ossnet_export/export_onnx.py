@@ -41,6 +41,7 @@ from torch import nn
 
 from ossnet_deploy.atomic import atomic_directory
 from ossnet_deploy.errors import ModelFormatError, describe
+from ossnet_deploy.label_codes import known_codes_metadata
 from ossnet_deploy.metadata import (
     FORMAT_VERSION,
     LATENT,
@@ -485,6 +486,8 @@ def graph_metadata(
         provenance=provenance,
         # Only the encoder carries the training domain (the runtime reads it from there).
         domain=dict(domain) if domain is not None and role == ROLE_ENCODER else None,
+        # Coded label meanings for DICOM SEG (docs/design.md#dicom); omitted when no name is known.
+        label_codes=known_codes_metadata(labels),
     )
 
 

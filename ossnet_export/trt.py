@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from ossnet_deploy import gpu_versions
 from ossnet_deploy.atomic import temporary_sibling
 from ossnet_deploy.backends.trt_engine import (
     EngineInfo,
@@ -40,6 +41,7 @@ from ossnet_deploy.backends.trt_engine import (
     write_engine_info,
 )
 from ossnet_deploy.errors import DependencyError, InputError, ModelFormatError, OutputExistsError, describe
+from ossnet_deploy.gpu_versions import InstalledTensorrt, ProviderNeeds
 from ossnet_deploy.metadata import NUM_QUERIES, GraphMetadata, IOSpec
 from ossnet_deploy.model import DECODER_FILE, DECODER_FP16_FILE, ENCODER_FILE
 from ossnet_deploy.onnx_metadata import read_graph_metadata, sha256_file
@@ -72,9 +74,11 @@ __all__ = [
 TRT_PROVIDER = "TensorrtExecutionProvider"
 CUDA_PROVIDER = "CUDAExecutionProvider"
 CPU_PROVIDER = "CPUExecutionProvider"
-#: The one install command the ``--trt`` refusal gives (onnxruntime and onnxruntime-gpu both
-#: own the ``onnxruntime`` module, so the CPU build has to go first).
-TRT_INSTALL_COMMAND = "pip uninstall -y onnxruntime && pip install onnxruntime-gpu tensorrt"
+#: The install command the ``--trt`` refusal gives on a machine without onnxruntime-gpu
+#: (onnxruntime and onnxruntime-gpu both own the ``onnxruntime`` module, so the CPU build goes
+#: first): the recommended onnxruntime-gpu and the TensorRT major its provider library links
+#: against, from NVIDIA's index (docs/design.md#gpu-runtime-versions).
+TRT_INSTALL_COMMAND = gpu_versions.TRT_INSTALL_COMMAND
 #: Engine vs ONNX Runtime CPU gate (MONAI's convert_to_trt uses rtol 1e-2; TF32 convolutions
 #: alone move fp32 results by ~1e-3).
 TRT_RTOL_ATOL = 1e-2
@@ -184,15 +188,32 @@ class TrtEnvironment:
         tensorrt_version: installed ``tensorrt`` version, or None when it is not installed.
         compute_capability: the GPU's compute capability (``"8.9"``), or None without a GPU.
         device_id: the GPU ordinal the engine is built for.
+        provider_needs: the needed-library list of onnxruntime-gpu's TensorRT provider
+            (:func:`ossnet_deploy.gpu_versions.installed_provider_needs`); None without one.
+        tensorrt_distributions: the installed TensorRT distributions (their CUDA flavour and
+            what a fix must uninstall).
     """
 
     providers: tuple[str, ...]
     tensorrt_version: str | None
     compute_capability: str | None
     device_id: int = 0
+    provider_needs: ProviderNeeds | None = None
+    tensorrt_distributions: tuple[str, ...] = ()
+
+    @property
+    def installed_tensorrt(self) -> InstalledTensorrt | None:
+        """The installed TensorRT (None when the package is missing)."""
+        if self.tensorrt_version is None:
+            return None
+        return InstalledTensorrt(self.tensorrt_version, self.tensorrt_distributions)
+
+    def version_mismatch(self) -> str | None:
+        """Why the installed TensorRT cannot serve the provider, or None (see ``gpu_versions.tensorrt_mismatch``)."""
+        return gpu_versions.tensorrt_mismatch(self.provider_needs, self.installed_tensorrt)
 
     def missing(self) -> list[str]:
-        """Phrases naming each missing piece (empty when engines can be built)."""
+        """Phrases naming each missing or mismatched piece (empty when engines can be built)."""
         found = []
         if TRT_PROVIDER not in self.providers:
             found.append(
@@ -200,9 +221,25 @@ class TrtEnvironment:
             )
         if self.tensorrt_version is None:
             found.append("the tensorrt package is not installed")
+        mismatch = self.version_mismatch()
+        if mismatch is not None:
+            found.append(mismatch)
         if self.compute_capability is None:
             found.append(f"no NVIDIA GPU {self.device_id} was found")
         return found
+
+    def install_command(self) -> str:
+        """The one command that supplies what :meth:`missing` names (the GPU aside).
+
+        With onnxruntime-gpu installed, only TensorRT is (re)installed, at the major its
+        provider library links against, replacing any other installed TensorRT; otherwise
+        :data:`TRT_INSTALL_COMMAND` (the recommended onnxruntime-gpu and its TensorRT).
+        """
+        needs = self.provider_needs
+        if TRT_PROVIDER in self.providers and needs is not None and needs.tensorrt_major is not None:
+            remove = self.tensorrt_distributions if self.version_mismatch() is not None else ()
+            return needs.tensorrt_install_command(remove=remove)
+        return TRT_INSTALL_COMMAND
 
 
 def _tensorrt_version() -> str | None:
@@ -234,14 +271,19 @@ def detect_environment(device_id: int = 0) -> TrtEnvironment:
         tensorrt_version=_tensorrt_version(),
         compute_capability=_compute_capability(device_id),
         device_id=device_id,
+        provider_needs=gpu_versions.installed_provider_needs(),
+        tensorrt_distributions=gpu_versions.tensorrt_distributions(),
     )
 
 
 def require_environment(env: TrtEnvironment) -> None:
     """Refuse to build engines on a machine that cannot, in ONE message with the install command.
 
+    A TensorRT of another major than onnxruntime-gpu's TensorRT provider links against counts
+    as missing (the provider cannot load it; docs/design.md#gpu-runtime-versions).
+
     Raises:
-        DependencyError: naming every missing piece and ``TRT_INSTALL_COMMAND``.
+        DependencyError: naming every missing piece and :meth:`TrtEnvironment.install_command`.
     """
     missing = env.missing()
     if missing:
@@ -250,9 +292,10 @@ def require_environment(env: TrtEnvironment) -> None:
                 None,
                 "--trt cannot build TensorRT engines on this machine; the ONNX graphs were written "
                 "and verified, no engine was built",
-                expected="onnxruntime-gpu with the TensorRT execution provider, tensorrt and an NVIDIA GPU",
+                expected="onnxruntime-gpu with the TensorRT execution provider, the TensorRT its provider "
+                "library links against and an NVIDIA GPU",
                 found="; ".join(missing),
-                fix=f"on a machine with an NVIDIA GPU run `{TRT_INSTALL_COMMAND}`, then re-run with --trt",
+                fix=f"on a machine with an NVIDIA GPU run `{env.install_command()}`, then re-run with --trt",
             )
         )
 
@@ -510,7 +553,7 @@ def build_engine(
                     "ONNX Runtime built no EP-context model",
                     expected=f"{tmp_ctx.name} written by the TensorRT EP",
                     found="no file",
-                    fix="check that onnxruntime-gpu >= 1.17 and its TensorRT version match",
+                    fix="check that the installed TensorRT is the major onnxruntime-gpu's TensorRT provider links against (docs/gpu.md)",
                 )
             )
         cpu = ort.InferenceSession(os.fspath(source), providers=[CPU_PROVIDER])

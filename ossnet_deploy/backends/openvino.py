@@ -23,8 +23,9 @@ Threads: ``INFERENCE_NUM_THREADS`` (default: the physical cores this process may
 stream, latency hint. Thread safety: every ``run`` takes an infer request from a pool (a new one
 when all are busy), so concurrent calls never share one.
 
-openvino is an optional dependency (``pip install 'ossnet[openvino]'``), imported when a backend
-is created.
+openvino is a core dependency on the platforms it ships wheels for (x86-64 and ARM64; elsewhere
+``pip install 'ossnet[openvino]'`` names it), imported only when a backend is created. ``auto``
+on a CPU uses this backend for the decoder when the import works (``ossnet_deploy.model``).
 """
 
 from __future__ import annotations
@@ -171,7 +172,10 @@ class OpenVinoBackend(Backend):
     def _infer(self, size: int, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         request = self._request(size)
         try:
-            request.infer({name: np.ascontiguousarray(value) for name, value in feed.items()})
+            # share_inputs: the request reads the (C-contiguous, float32) arrays in place instead of
+            # copying a chunk's patches into its own tensors first; the call is synchronous.
+            request.infer({name: np.ascontiguousarray(value, dtype=self.inputs[name].dtype)
+                           for name, value in feed.items()}, share_inputs=True)
             # The request's output tensors are reused by its next inference: copy them out.
             results = {name: np.array(request.get_tensor(name).data, copy=True) for name in self.outputs}
         finally:

@@ -13,32 +13,35 @@
 Engines are not portable: they load only on the TensorRT version and GPU generation that built
 them, and they silently go stale when the ONNX graph is re-exported. :class:`TrtBackend` checks
 all three before creating a session and refuses a mismatch with a
-:class:`~ossnet_deploy.errors.ModelFormatError` that says to rebuild.
+:class:`~ossnet_deploy.errors.ModelFormatError` that says to rebuild. Before that it checks
+that the installed TensorRT is the major the onnxruntime-gpu TensorRT provider was linked
+against (:mod:`ossnet_deploy.gpu_versions`, docs/design.md#gpu-runtime-versions): otherwise
+the provider cannot load at all, and that is a :class:`~ossnet_deploy.errors.DependencyError`
+whose fix installs the matching TensorRT.
 
-``tensorrt`` is imported here only, lazily, for its version (when its distribution metadata is
-missing); the GPU's compute capability comes
-from the CUDA driver (``libcuda`` through ctypes), so no CUDA Python package is needed.
+``tensorrt`` is imported only lazily, for its version when its distribution metadata is
+missing (:func:`ossnet_deploy.gpu_versions.tensorrt_version`); the GPU's compute capability
+comes from the CUDA driver (``libcuda`` through ctypes), so no CUDA Python package is needed.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import importlib.metadata
 import os
 from collections.abc import Callable
 from pathlib import Path
 
+from ossnet_deploy import gpu_versions
 from ossnet_deploy.backends.ort import OrtBackend
 from ossnet_deploy.backends.trt_engine import EngineInfo, check_engine, read_engine_info
 from ossnet_deploy.devices import CPU_PROVIDER, CUDA_PROVIDER, TRT_PROVIDER, ProviderPlan
 from ossnet_deploy.errors import DependencyError, describe
+from ossnet_deploy.gpu_versions import tensorrt_version
 from ossnet_deploy.metadata import COORDS
 from ossnet_deploy.onnx_metadata import sha256_file
 
 __all__ = ["TrtBackend", "compute_capability", "engine_context_path", "tensorrt_version"]
-
-_TRT_FIX = "pip install 'ossnet[trt]' (the TensorRT version your onnxruntime-gpu build was made for)"
 
 # cuDeviceGetAttribute codes (CUDA driver API, cuda.h).
 _CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR = 75
@@ -49,30 +52,6 @@ def engine_context_path(graph: str | os.PathLike[str]) -> Path:
     """The EP-context model ``ossnet-export --trt`` writes for a graph: ``decoder.onnx`` -> ``decoder_ctx.onnx``."""
     path = Path(graph)
     return path.with_name(f"{path.stem}_ctx.onnx")
-
-
-def tensorrt_version() -> str:
-    """The installed TensorRT version, read the way ``ossnet-export --trt`` records it.
-
-    The distribution's version (``tensorrt``, ``tensorrt-cu13``, ``tensorrt-cu12``) first, else
-    the module's ``__version__``: the strings must compare equal to the side file's.
-
-    Raises:
-        DependencyError: tensorrt is not installed.
-    """
-    for dist in ("tensorrt", "tensorrt-cu13", "tensorrt-cu12"):
-        try:
-            return importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    try:
-        import tensorrt
-    except ImportError as exc:
-        raise DependencyError(
-            describe(None, "TensorRT engines need the tensorrt package", expected="tensorrt importable",
-                     found=f"ImportError: {exc}", fix=_TRT_FIX)
-        ) from None
-    return str(getattr(tensorrt, "__version__", "unknown"))
 
 
 def compute_capability(device_index: int = 0) -> str:
@@ -125,7 +104,8 @@ class TrtBackend(OrtBackend):
     Raises:
         ModelFormatError: the side file is missing or malformed, or the engine was built from
             another ONNX file, another TensorRT version or another GPU generation.
-        DependencyError: tensorrt, the NVIDIA driver or the TensorRT provider is missing.
+        DependencyError: tensorrt, the NVIDIA driver or the TensorRT provider is missing, or the
+            installed TensorRT is not the major onnxruntime-gpu's TensorRT provider links against.
     """
 
     def __init__(
@@ -141,10 +121,15 @@ class TrtBackend(OrtBackend):
         ctx = Path(path)
         self.engine_info: EngineInfo = read_engine_info(ctx)
         source = Path(source_onnx) if source_onnx is not None else None
+        installed = installed_tensorrt if installed_tensorrt is not None else tensorrt_version()
+        # First the TensorRT the provider library links against: with another major installed
+        # the provider cannot load, whatever the engine says.
+        gpu_versions.check_tensorrt(gpu_versions.installed_provider_needs(),
+                                    gpu_versions.installed_tensorrt(installed), path=ctx)
         check_engine(
             self.engine_info,
             onnx_sha256=sha256_file(source) if source is not None and source.is_file() else None,
-            tensorrt_version=installed_tensorrt if installed_tensorrt is not None else tensorrt_version(),
+            tensorrt_version=installed,
             compute_capability=(gpu_compute_capability if gpu_compute_capability is not None
                                 else compute_capability(plan.index)),
             path=ctx,

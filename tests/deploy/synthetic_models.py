@@ -201,6 +201,8 @@ def threshold_pair_metadata(
     variant: str = "ossnet_c",
     with_patches: bool = True,
     domain: dict[str, object] | None = None,
+    labels: dict[str, str] | None = None,
+    label_codes: dict[str, object] | None = None,
 ) -> tuple[dict[str, str], dict[str, str]]:
     """``metadata_props`` of an encoder and a decoder exported together (ossnet metadata schema)."""
     from ossnet_deploy.metadata import FORMAT_VERSION, GraphMetadata, IOSpec, SchedulerFacts, TensorSpec
@@ -223,7 +225,8 @@ def threshold_pair_metadata(
                            coarse_shape=coarse_shape, threshold_logit=0.0)
     common = dict(format_version=FORMAT_VERSION, pair_id=pair_id, variant=variant, preset="test",
                   model_config={"latent": list(latent_shape)}, preprocess=config.to_dict(),
-                  labels={"1": "bright"}, scheduler=facts, parity={}, provenance={"note": "synthetic"})
+                  labels=labels or {"1": "bright"}, scheduler=facts, parity={}, provenance={"note": "synthetic"},
+                  label_codes=label_codes)
     encoder = GraphMetadata(role="encoder", io=enc_io, domain=domain, **common)  # type: ignore[arg-type]
     decoder = GraphMetadata(role="decoder", io=dec_io, **common)  # type: ignore[arg-type]
     return encoder.to_props(), decoder.to_props()
@@ -239,11 +242,14 @@ def write_threshold_pair(
     threshold: float = 0.0,
     latent_shape: tuple[int, int] = (6, 16),
     domain: dict[str, object] | None = None,
+    labels: dict[str, str] | None = None,
+    label_codes: dict[str, object] | None = None,
 ) -> None:
     """Write ``encoder.onnx`` + ``decoder.onnx`` of the threshold model into ``folder``.
 
     The model labels a voxel 1 where its normalised first-channel value exceeds ``threshold``.
-    ``decoder_pair_id`` gives the decoder another ``pair_id`` (a mismatched pair).
+    ``decoder_pair_id`` gives the decoder another ``pair_id`` (a mismatched pair); ``labels`` and
+    ``label_codes`` replace the metadata's ``{"1": "bright"}`` and its (absent) codes.
     """
     from pathlib import Path
 
@@ -252,9 +258,11 @@ def write_threshold_pair(
     config = PreprocessConfig.from_dict(preprocess)
     coarse_shape = tuple(g // 4 for g in config.global_shape) if coarse else None
     enc_props, _ = threshold_pair_metadata(preprocess, latent_shape=latent_shape, coarse_shape=coarse_shape,
-                                           pair_id=pair_id, domain=domain)  # type: ignore[arg-type]
+                                           pair_id=pair_id, domain=domain, labels=labels,
+                                           label_codes=label_codes)  # type: ignore[arg-type]
     _, dec_props = threshold_pair_metadata(preprocess, latent_shape=latent_shape, coarse_shape=coarse_shape,
-                                           pair_id=decoder_pair_id or pair_id)  # type: ignore[arg-type]
+                                           pair_id=decoder_pair_id or pair_id, labels=labels,
+                                           label_codes=label_codes)  # type: ignore[arg-type]
     out = Path(str(folder))
     out.mkdir(parents=True, exist_ok=True)
     (out / "encoder.onnx").write_bytes(threshold_encoder(

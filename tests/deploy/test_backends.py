@@ -146,7 +146,7 @@ def test_bad_thread_count(decoder_path: Path) -> None:
 
 def test_explicit_cuda_on_cpu_only_raises(decoder_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(devices, "available_providers", lambda: (CPU_PROVIDER,))
-    with pytest.raises(DependencyError, match=r"pip uninstall -y onnxruntime && pip install onnxruntime-gpu"):
+    with pytest.raises(DependencyError, match=r'pip uninstall -y onnxruntime && pip install "onnxruntime-gpu\[cuda,cudnn\]=='):
         OrtBackend(decoder_path, device="cuda:0")
 
 
@@ -255,6 +255,31 @@ def test_trt_backend_refuses_a_mismatched_engine(tmp_path: Path, change: dict[st
         TrtBackend(ctx, source_onnx=source, plan=_trt_plan(), **settings)  # type: ignore[arg-type]
 
 
+PROVIDER_FIXTURE = Path(__file__).resolve().parents[1] / "data" / "gpu" / "onnxruntime_gpu-1.31.1_providers_tensorrt.elf"
+
+
+def test_trt_backend_refuses_a_tensorrt_major_its_provider_cannot_load(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    # onnxruntime-gpu 1.31.1's provider (libnvinfer.so.10) with TensorRT 11: refused before the
+    # engine's side file is compared, even though the engine was built with that TensorRT 11.
+    from ossnet_deploy import gpu_versions
+
+    monkeypatch.setattr(gpu_versions, "provider_library", lambda: PROVIDER_FIXTURE)
+    monkeypatch.setattr(gpu_versions, "tensorrt_distributions", lambda: ("tensorrt", "tensorrt-cu13"))
+    source, ctx = _engine_files(tmp_path, threshold_decoder(1, LATENT), trt="11.4.0.106")
+    with pytest.raises(DependencyError, match=r"decoder_ctx\.onnx: the installed TensorRT does not match .*"
+                       r"TensorRT 11\.4\.0\.106 \(tensorrt, tensorrt-cu13\) is installed.*needs TensorRT 10 .*"
+                       r'Fix: pip uninstall -y tensorrt tensorrt-cu13 && pip install --extra-index-url '
+                       r'https://pypi\.nvidia\.com "tensorrt-cu13>=10,<11"$'):
+        TrtBackend(ctx, source_onnx=source, plan=_trt_plan(), installed_tensorrt="11.4.0.106",
+                   gpu_compute_capability="8.9")
+    # TensorRT 10 passes the version check and reaches the engine check (built with 11: rebuild).
+    monkeypatch.setattr(gpu_versions, "tensorrt_distributions", lambda: ("tensorrt-cu13",))
+    with pytest.raises(ModelFormatError, match=r"TensorRT 11\.4\.0\.106 vs 10\.16\.1\.11"):
+        TrtBackend(ctx, source_onnx=source, plan=_trt_plan(), installed_tensorrt="10.16.1.11",
+                   gpu_compute_capability="8.9")
+
+
 def test_trt_backend_needs_its_side_file(tmp_path: Path) -> None:
     source, ctx = _engine_files(tmp_path, threshold_decoder(1, LATENT))
     ctx.with_suffix(".engine.json").unlink()
@@ -282,7 +307,9 @@ def test_trt_version_and_gpu_queries_raise_dependency_errors(monkeypatch: pytest
 
     monkeypatch.setattr(importlib.metadata, "version", no_dist)
     monkeypatch.setitem(sys.modules, "tensorrt", None)  # import tensorrt -> ImportError
-    with pytest.raises(DependencyError, match=r"TensorRT engines need the tensorrt package .*ossnet\[trt\]"):
+    # Without onnxruntime-gpu here, the fix names the recommended build's TensorRT, from NVIDIA's index.
+    with pytest.raises(DependencyError, match=r"TensorRT engines need the tensorrt package .*TensorRT 10, CUDA 13.*"
+                       r'Fix: pip install --extra-index-url https://pypi\.nvidia\.com "tensorrt-cu13>=10,<11"$'):
         trt.tensorrt_version()
 
     def no_driver(name: str) -> object:

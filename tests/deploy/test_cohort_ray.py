@@ -144,6 +144,45 @@ def test_labels_equal_the_local_run_and_a_rerun_writes_only_what_is_missing(mode
     np.testing.assert_array_equal(_labels(remote / "sub05.nii.gz"), expected_threshold_labels(_phantom(5)))
 
 
+def test_a_folder_of_dicom_studies_runs_on_actors_as_locally(tmp_path: Path) -> None:
+    pydicom = pytest.importorskip("pydicom", reason="the 'dicom' extra is not installed")
+    pytest.importorskip("highdicom", reason="the 'dicom' extra is not installed")
+    import zipfile
+
+    from dicom_writer import PATIENT_ID, PATIENT_NAME, write_series
+
+    model = tmp_path / "model"
+    codes = {"1": {"category": ["SCT", "91723000", "Anatomical Structure"], "type": ["SCT", "12738006", "Brain"],
+                   "source": "test"}}
+    write_threshold_pair(model, PREPROCESS, label_codes=codes, labels={"1": "brain"})
+    root = tmp_path / "studies"
+    write_series(root / "study_a", _phantom(0), AFFINE, study_uid="1.2.3.1")
+    zipped = write_series(tmp_path / "zipsrc", _phantom(3), AFFINE, study_uid="1.2.3.2")
+    with zipfile.ZipFile(root / "study_b.zip", "w") as z:
+        for f in zipped.files:
+            z.write(f, f.name)
+    local, remote = tmp_path / "local", tmp_path / "ray"
+    code, _, stderr = _run_cli("-i", root, "-o", local, "-m", model, "-d", "cpu", "--threads", "1", "-q")
+    assert code == 0, stderr
+    code, _, stderr = _run_cli("-i", root, "-o", remote, "-m", model, "-d", "cpu", "--engine", "ray", "--actors", 1)
+    assert code == 0, stderr
+    assert sorted(_fingerprint(remote)) == sorted(_fingerprint(local)) == ["study_a.dcm", "study_b.dcm"]
+    for name in ("study_a.dcm", "study_b.dcm"):
+        ours, theirs = pydicom.dcmread(remote / name), pydicom.dcmread(local / name)
+        assert ours.Modality == "SEG" and ours.StudyInstanceUID == theirs.StudyInstanceUID
+        np.testing.assert_array_equal(ours.pixel_array, theirs.pixel_array)
+        assert ours.pixel_array.any()
+        frames = [[f.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+                   for f in ds.PerFrameFunctionalGroupsSequence] for ds in (ours, theirs)]
+        assert frames[0] == frames[1]
+    manifest = (remote / MANIFEST_NAME).read_text()
+    assert PATIENT_NAME not in manifest and PATIENT_ID not in manifest  # paths, statuses, timings only
+    records = {r.case: r for r in read_manifest(remote / MANIFEST_NAME)}
+    assert {c: (r.status, r.engine) for c, r in records.items()} == {"study_a": ("done", "ray"),
+                                                                     "study_b": ("done", "ray")}
+    assert records["study_b"].inputs == (str(root / "study_b.zip"),) and records["study_a"].pid != os.getpid()
+
+
 def test_corrupted_files_lose_no_good_case_and_actors_import_no_torch(model: Path, tmp_path: Path) -> None:
     broken = (3, 14)  # 10 % of 20
     cohort = _cohort(tmp_path / "cohort", 20, broken=broken)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import re
 import warnings
 from pathlib import Path
 
 import pytest
 
-from ossnet_deploy import devices
+from ossnet_deploy import devices, gpu_versions
 from ossnet_deploy.devices import (
     CPU_PROVIDER,
     CUDA_PROVIDER,
@@ -72,13 +73,18 @@ def test_cuda_index_reaches_provider_options() -> None:
 
 
 def test_explicit_cuda_on_cpu_only_install_names_the_install_command() -> None:
-    with pytest.raises(DependencyError, match=r"CUDA execution provider.*" + GPU_INSTALL_FIX.replace("&", r"\&")):
+    with pytest.raises(DependencyError, match=r"CUDA execution provider.*" + re.escape(GPU_INSTALL_FIX)):
         plan_providers("cuda", available=CPU_ONLY)
+    # The hint pins the onnxruntime-gpu whose needed-library list ossnet_deploy/gpu_versions.py holds.
+    assert f"onnxruntime-gpu[cuda,cudnn]=={gpu_versions.RECOMMENDED_ORT_GPU}" in GPU_INSTALL_FIX
 
 
 def test_explicit_trt_without_provider_raises() -> None:
-    with pytest.raises(DependencyError, match=r"TensorRT execution provider.*ossnet\[trt\]"):
+    with pytest.raises(DependencyError, match=r"TensorRT execution provider") as info:
         plan_providers(DeviceRequest("trt", 0, "trt"), available=WITH_CUDA)
+    # The fix names the TensorRT major read from the provider library, from NVIDIA's index.
+    assert gpu_versions.TRT_INSTALL_COMMAND in str(info.value)
+    assert '"tensorrt-cu13>=10,<11"' in str(info.value) and "--extra-index-url https://pypi.nvidia.com" in str(info.value)
 
 
 def test_both_runtime_distributions_warn_once() -> None:

@@ -183,6 +183,30 @@ def test_the_optional_domain_round_trips_and_is_omitted_when_absent():
     assert md.GraphMetadata.from_props(make_meta().to_props()).domain is None
 
 
+def test_the_optional_label_codes_round_trip_are_omitted_when_absent_and_checked():
+    from ossnet_deploy.label_codes import KNOWN_LABEL_CODES, known_codes_metadata
+
+    labels = make_meta().labels
+    codes = known_codes_metadata({"1": "white_matter"})
+    assert codes == {"1": KNOWN_LABEL_CODES["white_matter"].to_dict()}
+    assert codes["1"]["type"] == ["SCT", "389080008", "White Matter"] and "CID 7151" in codes["1"]["source"]
+    assert known_codes_metadata({"1": "bright"}) is None  # nothing known: the key is omitted
+    with_codes = dataclasses.replace(make_meta(), label_codes={value: codes["1"] for value in labels})
+    props = with_codes.to_props()
+    assert md.KEY_LABEL_CODES in props and md.KEY_LABEL_CODES not in make_meta().to_props()
+    assert md.GraphMetadata.from_props(props) == with_codes
+    # an older runtime's reader (only the keys it knows) still reads the model
+    older = {k: v for k, v in props.items() if k in md.METADATA_KEYS}
+    assert md.GraphMetadata.from_props(older).label_codes is None
+    bad = [{"1": {"category": ["SCT", "1"], "type": ["SCT", "2", "x"], "source": "s"}},
+           {"1": {"category": ["SCT", "1", "a"], "type": ["SCT", "2", "x"]}},
+           {"99": codes["1"]}]
+    for value in bad:
+        payload = {**props, md.KEY_LABEL_CODES: json.dumps(value)}
+        with pytest.raises(ModelFormatError, match="label_codes"):
+            md.GraphMetadata.from_props(payload)
+
+
 # ----------------------------------------------------------------------------------------
 # Round trips
 

@@ -160,3 +160,25 @@ def test_segmenting_the_sample_matches_onnx_runtime() -> None:
     labels_ort = np.asarray(reference.segment(SAMPLE).dataobj)
     # Identical but for voxels whose logit lies within rounding of the threshold.
     assert dice(labels_ov > 0, labels_ort > 0) > 0.9999
+
+
+def test_auto_on_a_cpu_runs_the_decoder_in_openvino(monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("openvino")
+    from ossnet_deploy import devices
+
+    # A CPU-only onnxruntime (the GPU providers, where a test machine has them, are hidden).
+    monkeypatch.setattr(devices, "available_providers", lambda: ("CPUExecutionProvider",))
+    auto = Segmenter.from_dir(threads=1)
+    assert auto.device == "openvino"
+    assert auto.pair.encoder.device == "cpu"  # the encoder stays in ONNX Runtime
+    # An explicit cpu is ONNX Runtime alone.
+    assert Segmenter.from_dir(device="cpu", threads=1).device == "cpu"
+
+
+def test_auto_without_openvino_runs_onnx_runtime(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ossnet_deploy import devices
+
+    monkeypatch.setattr(devices, "available_providers", lambda: ("CPUExecutionProvider",))
+    monkeypatch.setitem(sys.modules, "openvino", None)  # makes `import openvino` fail
+    auto = Segmenter.from_dir(threads=1)
+    assert auto.device == "cpu"

@@ -211,7 +211,7 @@ def test_model_and_usage_errors(model: Path, tmp_path: Path, monkeypatch: pytest
     assert code == 2 and "-o must be a folder" in stderr
     monkeypatch.setattr(devices, "available_providers", lambda: (CPU_PROVIDER,))
     code, _, stderr = _run("-i", image, "-o", tmp_path / "o", "-m", model, "-d", "cuda")
-    assert code == 3 and "pip uninstall -y onnxruntime && pip install onnxruntime-gpu" in stderr
+    assert code == 3 and devices.GPU_INSTALL_FIX in stderr and "onnxruntime-gpu[cuda,cudnn]==1.31.1" in stderr
 
 
 def test_missing_input_and_verbose_traceback(model: Path, tmp_path: Path) -> None:

@@ -120,6 +120,18 @@ def test_query_axis_is_symbolic_and_encoder_static(tiny_export: Exporter, varian
     assert not decoder.graph.initializer[0].external_data
 
 
+def test_known_label_names_get_coded_meanings_in_the_metadata(tiny_export: Exporter) -> None:
+    from ossnet_deploy.label_codes import KNOWN_LABEL_CODES
+
+    exported = tiny_export(VARIANTS[0])
+    meta = read_graph_metadata(exported.directory / ENCODER_FILE)
+    coded = export_onnx.graph_metadata(meta.role, meta.io, exported.model.config, exported.preprocess,
+                                       weights_id=meta.pair_id, labels={"1": "white_matter"}, parity={},
+                                       provenance={})
+    assert coded.label_codes == {"1": KNOWN_LABEL_CODES["white_matter"].to_dict()}
+    assert type(coded).from_props(coded.to_props()) == coded
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_metadata_round_trips(tiny_export: Exporter, variant: str) -> None:
     exported = tiny_export(variant)
@@ -137,6 +149,7 @@ def test_metadata_round_trips(tiny_export: Exporter, variant: str) -> None:
         assert meta.model_config == config.to_dict()
         assert meta.preprocess == exported.preprocess.to_dict()
         assert meta.labels == {"1": "foreground"}
+        assert meta.label_codes is None  # no code is known for "foreground": the optional key is omitted
         assert meta.scheduler.has_coarse_seg == config.has_coarse
         assert meta.scheduler.grid_shape == (32, 32, 32)
         assert meta.scheduler.coarse_shape == ((8, 8, 8) if config.has_coarse else None)

@@ -133,7 +133,10 @@ def test_missing_tensorrt_gives_one_message_with_the_install_command() -> None:
     message = str(info.value)
     assert "\n" not in message
     assert message.count(trt.TRT_INSTALL_COMMAND) == 1
-    assert "pip uninstall -y onnxruntime && pip install onnxruntime-gpu tensorrt" in message
+    # The TensorRT major the recommended onnxruntime-gpu's provider links against, from NVIDIA's index
+    # (never a bare `tensorrt`, which resolves to TensorRT 11).
+    assert ('pip uninstall -y onnxruntime && pip install --extra-index-url https://pypi.nvidia.com '
+            '"onnxruntime-gpu[cuda,cudnn]==1.31.1" "tensorrt-cu13>=10,<11"') in message
     for missing in ("no TensorrtExecutionProvider", "tensorrt package is not installed", "no NVIDIA GPU"):
         assert missing in message
     assert "ONNX graphs were written and verified" in message
@@ -144,6 +147,28 @@ def test_a_complete_environment_passes() -> None:
     assert GPU_ENV.missing() == []
     partial = trt.TrtEnvironment(providers=GPU_ENV.providers, tensorrt_version="10.13", compute_capability=None)
     assert partial.missing() == ["no NVIDIA GPU 0 was found"]
+
+
+def test_a_tensorrt_major_the_provider_cannot_load_is_refused_with_its_fix() -> None:
+    from ossnet_deploy.backends.elf_needed import read_dynamic
+    from ossnet_deploy.gpu_versions import ProviderNeeds
+
+    fixture = Path(__file__).resolve().parents[1] / "data" / "gpu" / "onnxruntime_gpu-1.31.1_providers_tensorrt.elf"
+    needs = ProviderNeeds("onnxruntime-gpu 1.31.1", read_dynamic(fixture).needed)
+    trt11 = trt.TrtEnvironment(providers=GPU_ENV.providers, tensorrt_version="11.4.0.106", compute_capability="9.0",
+                               provider_needs=needs, tensorrt_distributions=("tensorrt", "tensorrt-cu13"))
+    with pytest.raises(DependencyError) as info:
+        trt.require_environment(trt11)
+    message = str(info.value)
+    assert "TensorRT 11.4.0.106 (tensorrt, tensorrt-cu13) is installed, but onnxruntime-gpu 1.31.1 needs TensorRT 10" in message
+    assert message.endswith('run `pip uninstall -y tensorrt tensorrt-cu13 && pip install --extra-index-url '
+                            'https://pypi.nvidia.com "tensorrt-cu13>=10,<11"`, then re-run with --trt')
+    trt10 = trt.TrtEnvironment(**{**trt11.__dict__, "tensorrt_version": "10.16.1.11",
+                                  "tensorrt_distributions": ("tensorrt-cu13", "tensorrt-cu13-libs")})
+    trt.require_environment(trt10)
+    # onnxruntime-gpu present, tensorrt missing: only TensorRT is to be installed.
+    none = trt.TrtEnvironment(**{**trt11.__dict__, "tensorrt_version": None, "tensorrt_distributions": ()})
+    assert none.install_command() == 'pip install --extra-index-url https://pypi.nvidia.com "tensorrt-cu13>=10,<11"'
 
 
 def test_detect_environment_reports_this_machine() -> None:
@@ -159,7 +184,7 @@ def test_detect_environment_reports_this_machine() -> None:
 def test_build_engine_refuses_before_touching_anything(tmp_path: Path) -> None:
     source = tmp_path / "decoder.onnx"
     source.write_bytes(b"not read")
-    with pytest.raises(DependencyError, match="onnxruntime-gpu tensorrt"):
+    with pytest.raises(DependencyError, match=r'"tensorrt-cu13>=10,<11"'):
         trt.build_engine(source, env=CPU_ENV, profile=trt.QueryProfile(), inputs={}, precision="fp32",
                          cache_dir=tmp_path / "cache")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["decoder.onnx"]
