@@ -330,13 +330,15 @@ def _load(model: ModelOptions, threads: int | None, console: _Console) -> Segmen
 
     try:
         return Segmenter.from_dir(model.model_dir, threads=threads, **model.segmenter_kwargs())
-    except DependencyError as exc:
-        console.error(str(exc), exc)
-        return EXIT_DEPENDENCY
-    except (ModelFormatError, InputError) as exc:
-        # The model folder or a setting is unusable: nothing can run, like a bad option.
-        console.error(str(exc), exc)
-        return EXIT_USAGE
+    except (DependencyError, ModelFormatError, InputError) as exc:
+        return _model_unusable(exc, console)
+
+
+def _model_unusable(exc: Exception, console: _Console) -> int:
+    """Report a model that cannot be loaded; its exit code: a missing dependency, else a usage error."""
+    # The model folder or a setting is unusable: nothing can run, like a bad option.
+    console.error(str(exc), exc)
+    return EXIT_DEPENDENCY if isinstance(exc, DependencyError) else EXIT_USAGE
 
 
 def _interrupted(done: int, total: int, manifest: Path | None, console: _Console) -> int:
@@ -419,12 +421,8 @@ def _segment_ray(paths: list[Path], output: Path, model: ModelOptions, settings:
 
     try:
         check_model(model)
-    except DependencyError as exc:
-        console.error(str(exc), exc)
-        return EXIT_DEPENDENCY
-    except (ModelFormatError, InputError) as exc:
-        console.error(str(exc), exc)
-        return EXIT_USAGE
+    except (DependencyError, ModelFormatError, InputError) as exc:
+        return _model_unusable(exc, console)
     try:
         run = segment_cohort(paths, output, model=model, settings=settings, options=options, num_parts=num_parts,
                              part_id=part_id, series_uids=series_uids, output_format=output_format,
