@@ -178,7 +178,10 @@ class PreprocessConfig:
             before the intensity statistics (:func:`ossnet_deploy.bias_field.correct_bias`).
         bias_grid_mm: block size in mm of the coarse grid the field is estimated on.
         bias_sigma_mm: Gaussian smoothing of the field in mm.
-        bias_iterations: estimation rounds.
+        bias_iterations: estimation rounds (with ``bias_tolerance``, the most rounds).
+        bias_tolerance: stop the estimate once a round changes the log field by less than this
+            (RMS over the head); ``0`` (the default, and every model exported before it existed)
+            runs all ``bias_iterations`` rounds. Left out of the metadata at ``0``.
     """
 
     geometry: str
@@ -202,6 +205,7 @@ class PreprocessConfig:
     bias_grid_mm: float = 3.0
     bias_sigma_mm: float = 20.0
     bias_iterations: int = 8
+    bias_tolerance: float = 0.0
 
     def __post_init__(self) -> None:
         # Coerce JSON-ish values (lists, ints for floats) to the declared plain types, then validate.
@@ -274,6 +278,10 @@ class PreprocessConfig:
         put("bias_iterations", _int_value("bias_iterations", self.bias_iterations))
         if self.bias_iterations < 1:
             raise _bad_setting("bias_iterations", "an int >= 1", self.bias_iterations)
+        put("bias_tolerance", _float_value("bias_tolerance", self.bias_tolerance))
+        if not 0.0 <= self.bias_tolerance < 1.0:
+            raise _bad_setting("bias_tolerance", "a log-field change in [0, 1) (0: run every round)",
+                               self.bias_tolerance)
 
     @property
     def global_shape(self) -> tuple[int, int, int]:
@@ -293,8 +301,8 @@ class PreprocessConfig:
         """JSON-safe dict (tuples become lists) that :meth:`from_dict` turns back into an equal config.
 
         Settings added after the first release are left out while they hold their defaults (the
-        bias-correction settings while ``bias_correction`` is ``"none"``, the tissue foreground's
-        while ``foreground`` is ``"threshold"``), so runtimes older than a setting still read models
+        bias-correction settings while ``bias_correction`` is ``"none"``, ``bias_tolerance`` at 0,
+        the tissue foreground's while ``foreground`` is ``"threshold"``), so runtimes older than a setting still read models
         that do not use it; one that does use it is refused there as an unknown key, never
         misread (docs/design.md#model-files-and-metadata).
         """
@@ -302,6 +310,8 @@ class PreprocessConfig:
         if self.bias_correction == "none":
             for key in _BIAS_FIELDS:
                 del out[key]
+        if self.bias_correction == "none" or self.bias_tolerance == 0.0:
+            del out["bias_tolerance"]
         if self.foreground == "threshold":
             for key in _TISSUE_FIELDS:
                 del out[key]
@@ -314,7 +324,7 @@ class PreprocessConfig:
         as training, apply it once and then prepare with ``bias_correction="none"``).
         """
         return correct_bias(volume, self.spacing_mm, grid_mm=self.bias_grid_mm, sigma_mm=self.bias_sigma_mm,
-                            iterations=self.bias_iterations)
+                            iterations=self.bias_iterations, tolerance=self.bias_tolerance)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> PreprocessConfig:

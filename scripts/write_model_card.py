@@ -43,11 +43,20 @@ def _bias_text(pre: dict[str, Any], training: dict[str, Any] | None) -> str:
     if pre.get("bias_correction", "none") == "none":
         return ""
     text = (f"bias-field correction (`{pre['bias_correction']}`: `ossnet_deploy.bias_field`, "
-            f"{pre['bias_grid_mm']:g} mm blocks, {pre['bias_sigma_mm']:g} mm smoothing, {pre['bias_iterations']} rounds")
+            f"{pre['bias_grid_mm']:g} mm blocks, {pre['bias_sigma_mm']:g} mm smoothing, ")
+    tolerance = float(pre.get("bias_tolerance", 0.0))
+    text += (f"up to {pre['bias_iterations']} rounds, stopping once a round changes the log field by under "
+             f"{tolerance:g} RMS" if tolerance > 0 else f"{pre['bias_iterations']} rounds")
     trained = (training or {}).get("preprocess")
     if trained is not None and trained.get("bias_correction", "none") == "none":
         text += ("; added when the model was packaged: its training run saw uncorrected images, see "
                  "docs/training.md")
+    elif trained is not None and (trained.get("bias_iterations"), float(trained.get("bias_tolerance", 0.0))) != (
+            pre["bias_iterations"], tolerance):
+        text += ("; the stopping rule was set when the model was packaged: its training run used "
+                 f"{trained.get('bias_iterations')} rounds"
+                 + (f" with tolerance {trained['bias_tolerance']:g}" if trained.get("bias_tolerance") else "")
+                 + ", see docs/training.md")
     return text + "), "
 
 

@@ -53,6 +53,48 @@ def test_estimate_ignores_the_overall_intensity_scale() -> None:
     np.testing.assert_allclose(estimate_log_bias(biased), estimate_log_bias(7.5 * biased), atol=1e-4)
 
 
+def _rounds(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Count the estimate's rounds (one k-means per round)."""
+    import ossnet_deploy.bias_field as bias_field
+
+    count = [0]
+    kmeans = bias_field._kmeans_1d
+
+    def counted(*args, **kwargs):
+        count[0] += 1
+        return kmeans(*args, **kwargs)
+
+    monkeypatch.setattr(bias_field, "_kmeans_1d", counted)
+    return count
+
+
+def test_tolerance_runs_a_strong_field_to_convergence_and_stops_a_weak_one_early(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    image, head = tissue_phantom(4)
+    inner = head & (image > 40)
+    rounds = _rounds(monkeypatch)
+
+    def residual(amplitude: float, **kwargs: float) -> tuple[float, int]:
+        field = smooth_field(amplitude)
+        rounds[0] = 0
+        estimate = estimate_log_bias(image * np.exp(field), **kwargs)
+        truth = field[inner] - field[inner].mean()
+        return float((estimate[inner] - estimate[inner].mean() - truth).std()), rounds[0]
+
+    # A strong field (log-RMS 0.23 in tissue, a 2x brightness ratio across the head): 8 rounds
+    # remove under half of it (measured 0.147 left); the tolerance keeps going until it is flat.
+    fixed, n_fixed = residual(0.4, iterations=8)
+    converged, n_converged = residual(0.4, iterations=60, tolerance=0.002)
+    assert n_fixed == 8 and n_converged < 60
+    assert converged < 0.3 * fixed, f"left {converged:.3f} after {n_converged} rounds vs {fixed:.3f} after 8"
+    # A weak one converges in a few rounds, so the cap is not paid.
+    weak, n_weak = residual(0.1, iterations=60, tolerance=0.002)
+    assert n_weak <= 15 and weak < 0.25 * 0.057, (n_weak, weak)
+    # Tolerance 0 (every model exported before the setting) runs exactly `iterations` rounds.
+    _, n_all = residual(0.1, iterations=20, tolerance=0.0)
+    assert n_all == 20
+
+
 def test_without_a_head_the_field_is_zero() -> None:
     assert not estimate_log_bias(np.zeros(SHAPE, dtype=np.float32)).any()
     assert not estimate_log_bias(np.ones((6, 6, 6), dtype=np.float32)).any()
@@ -86,6 +128,14 @@ def test_config_switch_is_validated_and_serialised_only_when_on() -> None:
                          intensity="ct_window", bias_correction="log_field")
     with pytest.raises(InputError, match=r"PreprocessConfig\.bias_iterations \(expected an int >= 1; found 0\)"):
         PreprocessConfig.from_dict({**on.to_dict(), "bias_iterations": 0})
+    # bias_tolerance is written only when set, so runtimes older than it still read `on`.
+    assert "bias_tolerance" not in on.to_dict()
+    tol = PreprocessConfig.from_dict({**on.to_dict(), "bias_tolerance": 0.002, "bias_iterations": 50})
+    assert tol.to_dict()["bias_tolerance"] == 0.002 and PreprocessConfig.from_dict(tol.to_dict()) == tol
+    assert "bias_tolerance" not in PreprocessConfig.from_dict({**base.to_dict(), "bias_tolerance": 0.002}).to_dict()
+    with pytest.raises(InputError, match=r"PreprocessConfig\.bias_tolerance \(expected a log-field change in "
+                       r"\[0, 1\) \(0: run every round\); found -0\.1\)"):
+        PreprocessConfig.from_dict({**on.to_dict(), "bias_tolerance": -0.1})
 
 
 def test_prepare_volume_normalises_the_corrected_volume() -> None:
