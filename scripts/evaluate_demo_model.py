@@ -54,6 +54,8 @@ def main() -> None:
                         help="what the run trained on, for the card (default: from config.json's device and threads)")
     parser.add_argument("--run-note", default=None,
                         help="a sentence for the card on how the run ended (e.g. why it stopped early)")
+    parser.add_argument("--shipped", choices=["best", "last"], default="best",
+                        help="which of the run's checkpoints was packaged (best.pt or last.pt), for the card")
     parser.add_argument("--sample", type=Path, nargs=2, metavar=("IMAGE", "LABEL"), default=None,
                         help="also score the bundled sample (examples/...) against its label")
     args = parser.parse_args()
@@ -62,6 +64,7 @@ def main() -> None:
     if training is not None:
         training["hardware"] = args.hardware or _hardware(training)
         training["note"] = args.run_note
+        training["shipped"] = args.shipped
     seen = set(training["train_cases"] + training["val_cases"]) if training else set()
 
     segmenter = Segmenter.from_dir(args.model, device="cpu", mode=args.mode, threads=args.threads)

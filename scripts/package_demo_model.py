@@ -62,7 +62,11 @@ def main() -> None:
         preprocess = PreprocessConfig.from_dict({**preprocess, **changes}).to_dict()
         training["preprocess_overrides"] = changes
         training["preprocess_note"] = args.preprocess_note
-    save_checkpoint(args.checkpoint_out, model, preprocess, training=training, labels=LABELS, overwrite=args.overwrite)
+    # The training domain (what the inputs looked like after normalisation) travels on, so the
+    # packaged model warns on foreign inputs (docs/design.md, "Input and output checks").
+    domain = stored.provenance.get("domain")
+    save_checkpoint(args.checkpoint_out, model, preprocess, training=training, labels=LABELS, overwrite=args.overwrite,
+                    domain=domain if isinstance(domain, dict) else None)
     result = export_checkpoint(args.checkpoint_out, args.model_dir, options=ExportOptions(overwrite=args.overwrite))
     print(result)
     (args.model_dir / "MNI_NOTICE.txt").write_text(

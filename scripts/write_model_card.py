@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import statistics
 from pathlib import Path
 from typing import Any
@@ -99,7 +100,9 @@ def _training(training: dict[str, Any]) -> str:
     ]
     if training.get("note"):
         lines.append(f"- {training['note']}")
-    if training.get("best_step") is not None:
+    if training.get("shipped") == "last":
+        lines.append(f"- Shipped weights: the run's last step (`last.pt`, step {training['steps']}).")
+    elif training.get("best_step") is not None:
         lines.append(f"- Shipped weights: the run's best validation checkpoint (`best.pt`, step {training['best_step']}).")
     if training["validation"]:
         history = ", ".join(f"step {v['step']}: {v['dice']:.4f}" for v in training["validation"])
@@ -134,6 +137,7 @@ def _command(training: dict[str, Any]) -> str:
              f"--val-every {o['val_every']} --threads {o['threads']} --workers {o['workers']} --seed {o['seed']}"
              f" --device {o.get('device', 'auto')}{'' if o.get('amp', True) else ' --no-amp'}"]
     extra = [f"--augment-override {k}={json.dumps(v)}" for k, v in o.get("augment_overrides") or []]
+    extra += [f"--preprocess-override {shlex.quote(f'{k}={json.dumps(v)}')}" for k, v in o.get("preprocess_overrides") or []]
     if o.get("init_from"):
         extra.append(f"--init-from {o['init_from']}")
     if extra:
