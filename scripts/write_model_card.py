@@ -21,6 +21,8 @@ from typing import Any
 from ossnet_deploy.onnx_metadata import read_graph_metadata
 from ossnet_train.demo_cohort import MNI_NOTICE
 
+RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -145,6 +147,32 @@ def _command(training: dict[str, Any]) -> str:
     return " \\\n    ".join(parts)
 
 
+def _robustness(model_dir: Path, pair_id: str) -> str:
+    """The card's robustness section from ``benchmarks/results/robustness_<folder>.json`` when that
+    file measured this very pair (same pair id); "" otherwise."""
+    path = RESULTS / f"robustness_{model_dir.name}.json"
+    if not path.is_file():
+        return ""
+    bench = json.loads(path.read_text())
+    if bench.get("model", {}).get("pair_id") != pair_id:
+        return ""
+    rows = ["| condition | mean Dice | lowest subject | empty | warned |", "|---|---|---|---|---|"]
+    for condition in bench["conditions"]:
+        done = [r for r in bench["rows"] if r["condition"] == condition and r.get("error") is None]
+        if not done:
+            continue
+        dices = [r["dice"] for r in done]
+        empty = sum(r["pred_voxels"] == 0 for r in done)
+        warned = sum(bool(r["warnings"]) for r in done)
+        rows.append(f"| `{condition}` | {statistics.mean(dices):.3f} | {min(dices):.3f} | {empty}/{len(done)} "
+                    f"| {warned}/{len(done)} |")
+    return ("\n## Robustness to how the input is written\n"
+            f"Held-out subjects (seeds {', '.join(str(s['seed']) for s in bench['subjects'])}) turned into each condition by file-level transforms "
+            "written independently of the training augmentation (zero background, field of view cropped to "
+            "the brain, resampled, re-stored, a stronger bias field); Dice on each condition's own grid. "
+            f"Source: `benchmarks/results/{path.name}` (`{bench['command']}`).\n\n" + "\n".join(rows) + "\n")
+
+
 def card(model_dir: Path) -> str:
     """The card's markdown text for the model folder ``model_dir`` (holding ``evaluation.json``)."""
     evaluation = json.loads((model_dir / "evaluation.json").read_text())
@@ -217,7 +245,7 @@ Source: `evaluation.json` beside this card, written by
 ```
 
 on {evaluation['machine']['platform']} (Python {evaluation['machine']['python']}).
-
+{_robustness(model_dir, encoder.pair_id)}
 ## Licence and notice
 The model's training data derive from the MNI ICBM152 template; its notice travels with the model
 (`MNI_NOTICE.txt`):
