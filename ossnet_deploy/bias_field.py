@@ -99,7 +99,7 @@ def estimate_log_bias(
         tolerance: stop once a round changes the field by less than this (root mean square over
             the head's interior blocks, log units; 0.01 is a 1 % intensity change). ``0`` runs all
             ``iterations`` rounds. A strong field needs many rounds (each removes part of what
-            is left) while a weak one converges in a few; see docs/design.md#bias-field-correction.
+            is left) while a weak one converges in a few; see docs/design.md#intensities.
         classes: k-means classes of the head's log intensities (the two brightest define the field).
 
     Returns:

@@ -4,7 +4,7 @@ A DICOM SEG describes every segment with a coded *category* and *type* (e.g. cat
 "Anatomical Structure", type "White Matter"), so PACS viewers and downstream tools know what
 was segmented without parsing free text. A model carries them in its optional metadata key
 ``ossnet.label_codes`` (``GraphMetadata.label_codes``); a model exported before the key
-existed (the bundled ``mni-wm-demo`` among them) gets them from :data:`KNOWN_LABEL_CODES` by
+existed (the first bundled ``mni-wm-demo`` among them) gets them from :data:`KNOWN_LABEL_CODES` by
 label name. The exporter writes the same table's entries into new models, so one table is the
 source of both.
 

@@ -14,7 +14,7 @@ the decoder alone), and reports on the subject's own grid:
   hull (superficial: within 8 mm of the brain's outer surface, where sulci and thin gyral white
   matter are; deep: the rest);
 * the best Dice any single intensity threshold reaches on the bias-corrected image inside the
-  brain (the correction the model declares, from ``ossnet_deploy.bias_field``; brain = the
+  brain (every cut between sorted values) (the correction the model declares, from ``ossnet_deploy.bias_field``; brain = the
   label's hull dilated), the "threshold ceiling" a model that does not use context would hit.
 
 Usage::
@@ -97,22 +97,16 @@ def hull(truth: np.ndarray, closing: int = 6) -> np.ndarray:
 
 
 def best_threshold_dice(image: np.ndarray, truth: np.ndarray, region: np.ndarray) -> tuple[float, float]:
-    """Best Dice of ``image > t`` inside ``region`` over 200 quantile thresholds: (dice, t)."""
-    values = image[region]
-    labels = truth[region]
-    order = np.argsort(values)
-    v, lab = values[order], labels[order]
-    positives_above = np.cumsum(lab[::-1])[::-1]  # true voxels at or above each index
-    n_true = int(lab.sum())
-    best, best_t = 0.0, float("nan")
-    for q in np.linspace(0.01, 0.99, 200):
-        i = int(q * (len(v) - 1))
-        tp = float(positives_above[i])
-        predicted = len(v) - i
-        score = 2 * tp / (predicted + n_true)
-        if score > best:
-            best, best_t = score, float(v[i])
-    return best, best_t
+    """Best Dice of ``image >= t`` inside ``region`` over every cut between sorted values: (dice, t)."""
+    order = np.argsort(image[region], kind="stable")
+    values, labels = image[region][order], truth[region][order]
+    positives_above = np.cumsum(labels[::-1])[::-1].astype(np.float64)  # true voxels at index i or above
+    predicted = np.arange(len(values), 0, -1, dtype=np.float64)  # voxels at index i or above
+    # Only cuts where the value changes are thresholds (ties stay on one side).
+    starts = np.flatnonzero(np.r_[True, values[1:] != values[:-1]])
+    scores = 2 * positives_above[starts] / (predicted[starts] + float(labels.sum()))
+    best = int(np.argmax(scores))
+    return float(scores[best]), float(values[starts[best]])
 
 
 def superior_axis(affine: np.ndarray) -> int:

@@ -274,22 +274,35 @@ def test_ctrl_c_leaves_no_partial_output_and_a_manifest_of_what_finished(model: 
     out, probes = tmp_path / "out", tmp_path / "probes"
     probes.mkdir()
 
+    returned = threading.Event()
+
     def press_ctrl_c_after_the_first_output() -> None:
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not returned.is_set():
             if any(out.glob("*.nii.gz")):
                 _thread.interrupt_main()  # KeyboardInterrupt in the driver, as Ctrl-C raises it
-                return
+                # A simulated Ctrl-C can be lost: CPython drops a KeyboardInterrupt that lands
+                # while the main thread runs a finaliser ("Exception ignored in ..."); seen once
+                # in a full-suite run, which then finished as if never interrupted. A user then
+                # presses again. The driver touches the stop marker as soon as it sees the
+                # interrupt, so press again only if it has not done so after a second.
+                time.sleep(1.0)
+                if any(out.glob(".ossnet-stop-*")):
+                    return
+                continue
             time.sleep(0.02)
 
     presser = threading.Thread(target=press_ctrl_c_after_the_first_output)
     presser.start()
-    with pytest.raises(CohortInterrupted) as stopped:
-        segment_cohort(cohort, out, model=ModelOptions(model, device="cpu"), options=RayOptions(actors=2),
-                       settings=CaseSettings(), segmenter_factory=ProbeFactory(probes, delay=0.5))
+    try:
+        with pytest.raises(CohortInterrupted) as stopped:
+            segment_cohort(cohort, out, model=ModelOptions(model, device="cpu"), options=RayOptions(actors=2),
+                           settings=CaseSettings(), segmenter_factory=ProbeFactory(probes, delay=1.0))
+    finally:
+        returned.set()
     presser.join()
     finished = {p.name.removesuffix(".nii.gz") for p in out.glob("*.nii.gz")}
-    time.sleep(1.5)  # 3 cases per actor: had the actors not been stopped, outputs would appear
+    time.sleep(2.5)  # 5 cases per actor, 1 s each: had the actors not been stopped, outputs would appear
     assert {p.name.removesuffix(".nii.gz") for p in out.glob("*.nii.gz")} == finished
     statuses = _statuses(out)
     assert len(statuses) == 10 and 0 < stopped.value.ended < 10

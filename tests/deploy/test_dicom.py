@@ -542,8 +542,15 @@ def test_label_codes_are_needed_for_seg_and_checked_first(series: dict[str, Path
 
 
 def test_the_bundled_model_has_codes_for_seg_output() -> None:
-    # Exported before ossnet.label_codes existed: its "white_matter" label takes the known table's codes.
+    # The bundled model carries ossnet.label_codes (written by the exporter from the known table).
     with Segmenter.from_dir(None, device="cpu", threads=1) as segmenter:
-        assert segmenter.encoder_meta.label_codes is None
+        assert segmenter.encoder_meta.label_codes is not None
         code = segmenter.label_codes()["1"]
+    assert (code.category.value, code.type.value, code.type.meaning) == ("91723000", "389080008", "White Matter")
+
+
+def test_a_model_exported_before_label_codes_takes_them_from_the_known_table() -> None:
+    from ossnet_deploy.label_codes import label_codes_for
+
+    code = label_codes_for({"1": "White_Matter"}, None)["1"]  # no ossnet.label_codes: by name
     assert (code.category.value, code.type.value, code.type.meaning) == ("91723000", "389080008", "White Matter")
