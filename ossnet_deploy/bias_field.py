@@ -139,10 +139,10 @@ def estimate_log_bias(
         residual[inner] = np.where(tissue, corrected - centres[assign], 0.0)
         weight[inner] = tissue
         num, den = _along_axes(residual, gauss), _along_axes(weight, gauss)
-        before = field[inner]  # a copy (boolean indexing)
+        before = field[inner] if tolerance > 0 else None  # a copy (boolean indexing)
         field += np.where(den > 1e-3, num / np.maximum(den, 1e-3), 0.0)
         field -= field[inner].mean()
-        if tolerance > 0 and float(np.sqrt(np.mean(np.square(field[inner] - before)))) < tolerance:
+        if before is not None and float(np.sqrt(np.mean(np.square(field[inner] - before)))) < tolerance:
             break
     up = [_linear_upsampling(n, m, f) for n, m, f in zip(data.shape, small.shape, factors, strict=True)]
     return _along_axes(field.astype(np.float32), up)

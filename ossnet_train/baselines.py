@@ -3,6 +3,8 @@
 * :func:`template_mask`: the unwarped template's white matter (probability > 0.5), i.e. what
   you get by assuming every subject *is* the template. It measures how much the random warps
   move the anatomy.
+* :func:`threshold_ceiling`: the best Dice any single global intensity threshold reaches
+  against the label (the ceiling of every intensity-only method, no context).
 * :func:`otsu_3class`: three-class Otsu thresholding (two thresholds maximising the
   between-class variance of the intensity histogram). On a T1 the brightest class is white
   matter, so ``otsu_3class(image, mask).labels == 2`` is an intensity-only WM segmentation.
@@ -19,7 +21,7 @@ import numpy as np
 from ossnet_deploy.errors import InputError, describe
 from ossnet_train.demo_cohort import load_template
 
-__all__ = ["Otsu3", "otsu_3class", "template_mask"]
+__all__ = ["Otsu3", "otsu_3class", "template_mask", "threshold_ceiling"]
 
 
 def template_mask(threshold: float = 0.5) -> np.ndarray:
@@ -120,3 +122,37 @@ def otsu_3class(image: np.ndarray, mask: np.ndarray | None = None, bins: int = 2
     if mask is not None:
         labels[~mask] = 0
     return Otsu3((low, high), labels)
+
+
+def threshold_ceiling(image: np.ndarray, truth: np.ndarray, region: np.ndarray) -> tuple[float, float]:
+    """Best Dice of ``image >= t`` against ``truth`` inside ``region``, over every threshold ``t``.
+
+    Exact: every cut between the sorted distinct values of the region is scored at once
+    (cumulative sums), so no threshold grid can miss the optimum.
+
+    Args:
+        image: ``(X, Y, Z)`` intensities (any real dtype).
+        truth: label of the same shape (nonzero = the structure).
+        region: bool mask of the same shape: the voxels that count (e.g. the brain).
+
+    Returns:
+        ``(dice, t)``: the best Dice and the lowest intensity of the predicted set.
+
+    Raises:
+        InputError: shapes differ or the region is empty.
+    """
+    image, truth, region = np.asarray(image), np.asarray(truth) > 0, np.asarray(region, dtype=bool)
+    if not image.shape == truth.shape == region.shape:
+        raise InputError(describe(None, "threshold_ceiling needs one grid", expected=f"shape {image.shape} for all",
+                                  found=f"truth {truth.shape}, region {region.shape}"))
+    if not region.any():
+        raise InputError(describe(None, "threshold_ceiling region is empty", expected="at least one voxel",
+                                  found="none"))
+    order = np.argsort(image[region], kind="stable")
+    values, labels = image[region][order], truth[region][order]
+    positives_above = np.cumsum(labels[::-1])[::-1].astype(np.float64)  # true voxels at index i or above
+    predicted = np.arange(len(values), 0, -1, dtype=np.float64)  # voxels at index i or above
+    starts = np.flatnonzero(np.r_[True, values[1:] != values[:-1]])  # ties stay on one side of a cut
+    scores = 2 * positives_above[starts] / (predicted[starts] + float(labels.sum()))
+    best = int(np.argmax(scores))
+    return float(scores[best]), float(values[starts[best]])

@@ -29,14 +29,13 @@ import argparse
 import numpy as np
 
 from ossnet_deploy.bias_field import estimate_log_bias
-from ossnet_deploy.metrics import dice
+from ossnet_train.baselines import threshold_ceiling
 from ossnet_train.demo_cohort import DemoParams, make_demo_subject
 
 
 def best_threshold_dice(image: np.ndarray, label: np.ndarray, mask: np.ndarray) -> float:
-    """Best Dice of ``image > t`` against ``label`` over 131 quantiles ``t`` of the head ``mask``."""
-    values, truth = image[mask], label[mask] > 0
-    return max(dice(values > t, truth) for t in np.quantile(values, np.linspace(0.3, 0.95, 131)))
+    """Best Dice of one intensity threshold against ``label`` inside the head ``mask``."""
+    return threshold_ceiling(image, label, mask)[0]
 
 
 def main() -> None:

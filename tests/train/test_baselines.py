@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from ossnet_deploy.errors import DependencyError, InputError
-from ossnet_train.baselines import otsu_3class, template_mask
+from ossnet_train.baselines import otsu_3class, template_mask, threshold_ceiling
 from ossnet_train.demo_cohort import template_dir
 
 
@@ -75,3 +75,24 @@ def test_template_mask_is_the_templates_white_matter() -> None:
     # Measured: 7.3 % of the grid; WM is one of the largest tissues of a 1.4 l brain in a 8.7 l box.
     assert 0.06 < mask.mean() < 0.09
     assert template_mask(0.9).sum() < mask.sum() < template_mask(0.1).sum()
+
+
+def test_threshold_ceiling_is_exact_and_falls_when_the_classes_overlap() -> None:
+    rng = np.random.default_rng(0)
+    truth = np.zeros((20, 20, 20), dtype=bool)
+    truth[5:15, 5:15, 5:15] = True  # 12.5 % of the grid: between any two points of a coarse grid
+    everywhere = np.ones_like(truth)
+    image = np.where(truth, 2.0, 1.0) + rng.normal(0, 0.05, truth.shape)
+    score, t = threshold_ceiling(image, truth, everywhere)
+    assert score == 1.0 and 1.2 < t < 1.9
+    noisy = np.where(truth, 2.0, 1.0) + rng.normal(0, 1.0, truth.shape)
+    assert threshold_ceiling(noisy, truth, everywhere)[0] < 0.8
+    # Against brute force over every threshold, on a small region.
+    region = np.zeros_like(truth)
+    region[3:9, 3:9, 3:9] = True
+    values = noisy[region]
+    brute = max(2 * float((values >= v)[truth[region]].sum()) / float((values >= v).sum() + truth[region].sum())
+                for v in values)
+    assert threshold_ceiling(noisy, truth, region)[0] == pytest.approx(brute, abs=1e-12)
+    with pytest.raises(InputError, match="region is empty"):
+        threshold_ceiling(image, truth, np.zeros_like(truth))

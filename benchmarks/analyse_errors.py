@@ -10,16 +10,17 @@ the decoder alone), and reports on the subject's own grid:
   (6-neighbour rings: 1 = a surface voxel, 2 = one voxel in, ...; on either side), so "65 % of
   errors next to the surface" style statements come from a committed script;
 * the errors by third of the brain along the superior axis (inferior / middle / superior;
-  the cerebellum and brain stem sit in the inferior third) and by depth below the label's outer
-  hull (superficial: within 8 mm of the brain's outer surface, where sulci and thin gyral white
-  matter are; deep: the rest);
-* the best Dice any single intensity threshold reaches on the bias-corrected image inside the
-  brain (every cut between sorted values) (the correction the model declares, from ``ossnet_deploy.bias_field``; brain = the
-  label's hull dilated), the "threshold ceiling" a model that does not use context would hit.
+  the cerebellum and brain stem sit in the inferior third) and by depth (superficial: within
+  8 mm of the brain's outer surface, where sulci and thin gyral white matter are; deep: the
+  rest); the brain is ``robustness_transforms.brain_mask`` of the image, as in the robustness
+  benchmark;
+* the best Dice any single intensity threshold reaches inside the brain on the image corrected
+  with the bias-field settings the model declares (``ossnet_train.baselines.threshold_ceiling``),
+  the ceiling of a model that does not use context.
 
 Usage::
 
-    python scripts/analyse_errors.py --model ~/ossnet-models/default-v2 --data ~/ossnet-data/test-6000 \\
+    python benchmarks/analyse_errors.py --model ~/ossnet-models/default-v2 --data ~/ossnet-data/test-6000 \\
         --out benchmarks/results/errors_default-v2.json [--threads 2] [--no-dense]
 
 Writes the JSON and prints a markdown table.
@@ -38,75 +39,30 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
+import robustness_transforms as rt
 
 from ossnet_deploy.bias_field import correct_bias
 from ossnet_deploy.metrics import dice
+from ossnet_deploy.morphology import erode, face_dilate
 from ossnet_deploy.segmenter import Segmenter
+from ossnet_train.baselines import threshold_ceiling
 
 RINGS = 4  # distance rings reported: 1, 2, 3 and ">= 4"
 SUPERFICIAL_MM = 8.0
-
-
-def _shift_or(mask: np.ndarray) -> np.ndarray:
-    """6-neighbour dilation by one voxel (no wrap-around)."""
-    out = mask.copy()
-    for axis in range(3):
-        lo = [slice(None)] * 3
-        hi = [slice(None)] * 3
-        lo[axis], hi[axis] = slice(0, -1), slice(1, None)
-        out[tuple(lo)] |= mask[tuple(hi)]
-        out[tuple(hi)] |= mask[tuple(lo)]
-    return out
 
 
 def surface_rings(truth: np.ndarray, rings: int = RINGS) -> np.ndarray:
     """``(X, Y, Z)`` uint8: 1 on voxels whose 6-neighbourhood crosses the label's surface, 2 one
     voxel further (either side), ... ``rings`` for everything at that distance or more."""
     out = np.full(truth.shape, rings, dtype=np.uint8)
-    boundary = _shift_or(truth) & _shift_or(~truth)  # voxels with a neighbour of the other class
+    boundary = face_dilate(truth) & face_dilate(~truth)  # voxels with a neighbour of the other class
     reached = boundary
     out[reached] = 1
     for ring in range(2, rings):
-        grown = _shift_or(reached)
+        grown = face_dilate(reached)
         out[grown & ~reached] = ring
         reached = grown
     return out
-
-
-def hull(truth: np.ndarray, closing: int = 6) -> np.ndarray:
-    """The label's filled outer hull: dilated ``closing`` voxels, holes filled slice-free by a flood
-    from the border, eroded back. A stand-in for the brain without a brain mask."""
-    grown = truth.copy()
-    for _ in range(closing):
-        grown = _shift_or(grown)
-    outside = np.zeros_like(grown)
-    outside[[0, -1], :, :] = True
-    outside[:, [0, -1], :] = True
-    outside[:, :, [0, -1]] = True
-    outside &= ~grown
-    while True:  # flood the background from the faces
-        nxt = _shift_or(outside) & ~grown
-        if nxt.sum() == outside.sum():
-            break
-        outside = nxt
-    filled = ~outside
-    shrunk = ~filled
-    for _ in range(closing):
-        shrunk = _shift_or(shrunk)
-    return ~shrunk
-
-
-def best_threshold_dice(image: np.ndarray, truth: np.ndarray, region: np.ndarray) -> tuple[float, float]:
-    """Best Dice of ``image >= t`` inside ``region`` over every cut between sorted values: (dice, t)."""
-    order = np.argsort(image[region], kind="stable")
-    values, labels = image[region][order], truth[region][order]
-    positives_above = np.cumsum(labels[::-1])[::-1].astype(np.float64)  # true voxels at index i or above
-    predicted = np.arange(len(values), 0, -1, dtype=np.float64)  # voxels at index i or above
-    # Only cuts where the value changes are thresholds (ties stay on one side).
-    starts = np.flatnonzero(np.r_[True, values[1:] != values[:-1]])
-    scores = 2 * positives_above[starts] / (predicted[starts] + float(labels.sum()))
-    best = int(np.argmax(scores))
-    return float(scores[best]), float(values[starts[best]])
 
 
 def superior_axis(affine: np.ndarray) -> int:
@@ -138,7 +94,8 @@ def analyse(seg_adaptive: Segmenter, seg_dense: Segmenter | None, image_path: Pa
             "fraction_of_errors": float((errors & (rings == r)).sum() / max(n_err, 1)),
             "voxels_in_ring": int((rings == r).sum()),
         } for r in range(1, RINGS + 1)}
-    brain = hull(truth)
+    raw = np.asarray(img.dataobj, dtype=np.float32)
+    brain = rt.brain_mask(raw, img.affine)
     axis = superior_axis(img.affine)
     coords = np.nonzero(brain.any(axis=tuple(a for a in range(3) if a != axis)))[0]
     lo, hi = int(coords.min()), int(coords.max()) + 1
@@ -153,24 +110,17 @@ def analyse(seg_adaptive: Segmenter, seg_dense: Segmenter | None, image_path: Pa
         regions[name] = {"dice": dice(p, t), "errors": int((p != t).sum()),
                          "fraction_of_errors": float((p != t).sum() / max(n_err, 1))}
     spacing = np.asarray(img.header.get_zooms()[:3], dtype=float)
-    depth_vox = max(1, round(SUPERFICIAL_MM / float(spacing.min())))
-    outside = ~brain
-    for _ in range(depth_vox):
-        outside = _shift_or(outside)
-    inner = brain & ~outside
+    inner = erode(brain, max(1, round(SUPERFICIAL_MM / float(spacing.min()))))
     for name, mask in (("superficial", brain & ~inner), ("deep", inner)):
         regions[name] = {"dice": dice(pred & mask, truth & mask), "errors": int((errors & mask).sum()),
                          "fraction_of_errors": float((errors & mask).sum() / max(n_err, 1))}
     row["regions"] = regions
     pre = seg_adaptive.preprocess
-    data = np.asarray(img.dataobj, dtype=np.float32)
+    data = raw
     if pre.bias_correction != "none":
-        data = correct_bias(data[None], spacing, grid_mm=pre.bias_grid_mm, sigma_mm=pre.bias_sigma_mm,
+        data = correct_bias(raw[None], spacing, grid_mm=pre.bias_grid_mm, sigma_mm=pre.bias_sigma_mm,
                             iterations=pre.bias_iterations, tolerance=pre.bias_tolerance)[0]
-    region = brain
-    for _ in range(2):
-        region = _shift_or(region)
-    row["threshold_ceiling_dice"], _ = best_threshold_dice(data, truth, region)
+    row["threshold_ceiling_dice"], _ = threshold_ceiling(data, truth, brain)
     return row
 
 
