@@ -124,6 +124,8 @@ def _schedule_text(o: dict[str, Any]) -> str:
 def _freeze_text(o: dict[str, Any]) -> str:
     if float(o.get("freeze_bn_after", 1.0)) >= 1.0:
         return "BatchNorm trained with batch statistics throughout"
+    if float(o["freeze_bn_after"]) <= 0.0:
+        return "BatchNorm frozen to its running statistics (as the exported graphs use them) for the whole run"
     return (f"BatchNorm frozen to its running statistics (as the exported graphs use them) from "
             f"{o['freeze_bn_after']} of the run")
 
