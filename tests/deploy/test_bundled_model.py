@@ -24,9 +24,9 @@ from ossnet_deploy.onnx_metadata import read_graph_metadata
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 SAMPLE = EXAMPLES / "demo_3004_t1.nii.gz"
 SAMPLE_LABEL = EXAMPLES / "demo_3004_wm.nii.gz"
-#: The sample's Dice when the model was packaged was 0.9215 (evaluation.json, "sample"); a
+#: The sample's Dice when the model was packaged was 0.9246 (evaluation.json, "sample"); a
 #: model or runtime change that loses more than about 0.015 of it fails here.
-MIN_SAMPLE_DICE = 0.905
+MIN_SAMPLE_DICE = 0.91
 
 
 @pytest.fixture(scope="module")
